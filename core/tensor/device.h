@@ -1,0 +1,21 @@
+// Where a tensor's storage lives. CUDA devices exist in the type from the start so that the
+// interfaces do not change when the CUDA backend lands; CPU is the only one built today.
+#pragma once
+
+#include <string>
+
+namespace linea {
+
+struct Device {
+  enum class Kind { kCPU, kCUDA };
+  Kind kind = Kind::kCPU;
+  int index = 0;
+
+  static Device cpu() { return Device{}; }
+  static Device cuda(int i) { return Device{Kind::kCUDA, i}; }
+  bool is_cpu() const { return kind == Kind::kCPU; }
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }
+  std::string str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
+};
+
+}  // namespace linea

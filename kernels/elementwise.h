@@ -1,0 +1,21 @@
+// Element-wise helpers used by the blocks and the optimizer (same shape and dtype everywhere).
+//   add:        out = a + b            (residual connection; backward: both inputs get dout)
+//   add_inplace: a += b
+//   axpy:       y += alpha * x
+//   scale:      x *= alpha
+//   sum_squares: sum of x^2 in f64 (gradient norms)
+#pragma once
+
+#include "core/tensor/tensor.h"
+
+namespace linea::kernels {
+
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+void add_inplace(Tensor& a, const Tensor& b);
+void axpy(double alpha, const Tensor& x, Tensor& y);
+void scale(Tensor& x, double alpha);
+double sum_squares(const Tensor& x);
+// True when every element is finite.
+bool all_finite(const Tensor& x);
+
+}  // namespace linea::kernels

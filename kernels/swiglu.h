@@ -1,0 +1,12 @@
+// SwiGLU activation: h = silu(g) * u, silu(g) = g * sigmoid(g). All tensors one shape.
+//   backward: dg = dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)));  du = dh * silu(g)  (`=`)
+#pragma once
+
+#include "core/tensor/tensor.h"
+
+namespace linea::kernels {
+
+void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
+void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& dh, Tensor& dg, Tensor& du);
+
+}  // namespace linea::kernels

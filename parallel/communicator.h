@@ -1,0 +1,100 @@
+// The one interface every collective goes through. Backends: MPI (CPU tensors, this file's
+// mpi_communicator.h) and, with the CUDA backend, NCCL (CUDA tensors). Communicators are objects
+// built by the ProcessGrid and passed to whoever needs them; there are no global groups.
+//
+// Backward partners (STYLE.md 6): all_gather <-> reduce_scatter, all_to_all_v <-> all_to_all_v
+// with send and receive counts swapped, send <-> recv.
+//
+// Every call counts the bytes this rank sends, per collective kind (CommStats), so the trainer can
+// report communication per step.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor/tensor.h"
+
+namespace linea::parallel {
+
+enum class ReduceOp { kSum, kMax, kMin };
+
+enum class CollectiveKind : int {
+  kAllReduce = 0,
+  kAllGather,
+  kReduceScatter,
+  kAllToAll,
+  kSendRecv,
+  kBroadcast,
+  kCount
+};
+const char* collective_name(CollectiveKind k);
+
+struct CommStats {
+  std::array<uint64_t, static_cast<int>(CollectiveKind::kCount)> bytes_sent{};
+  std::array<uint64_t, static_cast<int>(CollectiveKind::kCount)> calls{};
+  void add(CollectiveKind k, uint64_t bytes) {
+    bytes_sent[static_cast<int>(k)] += bytes;
+    calls[static_cast<int>(k)] += 1;
+  }
+  void reset() { *this = CommStats{}; }
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // A short name for logs ("world", "dp", "sp", ...).
+  virtual const std::string& name() const = 0;
+
+  // In place over every rank of the group. f32, f64, i32, i64.
+  virtual void all_reduce(Tensor& t, ReduceOp op = ReduceOp::kSum) = 0;
+  // Scalar convenience (f64).
+  double all_reduce_scalar(double v, ReduceOp op = ReduceOp::kSum);
+  // out = concatenation of every rank's `in` along the leading dimension, in rank order;
+  // out.numel() == size() * in.numel().
+  virtual void all_gather(const Tensor& in, Tensor& out) = 0;
+  // in.numel() == size() * out.numel(); rank r gets the reduction of every rank's r-th block.
+  virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::kSum) = 0;
+  // Rows of `in` (leading dimension) go to ranks by send_counts (in rank order); `out` receives
+  // recv_counts rows from each rank, in rank order. Row width = in.numel() / in.dim(0).
+  virtual void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
+                            Tensor& out, const std::vector<int64_t>& recv_counts) = 0;
+  virtual void broadcast(Tensor& t, int root) = 0;
+  virtual void send(const Tensor& t, int peer, int tag) = 0;
+  virtual void recv(Tensor& t, int peer, int tag) = 0;
+  virtual void barrier() = 0;
+
+  const CommStats& stats() const { return stats_; }
+  CommStats& stats() { return stats_; }
+
+ protected:
+  CommStats stats_;
+};
+
+// A group of one rank: every collective is a copy (or nothing). Used by single-process runs and
+// by tests that need no MPI.
+class SelfCommunicator final : public Communicator {
+ public:
+  explicit SelfCommunicator(std::string name = "self") : name_(std::move(name)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  const std::string& name() const override { return name_; }
+  void all_reduce(Tensor&, ReduceOp) override {}
+  void all_gather(const Tensor& in, Tensor& out) override;
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp) override;
+  void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
+                    const std::vector<int64_t>& recv_counts) override;
+  void broadcast(Tensor&, int) override {}
+  void send(const Tensor&, int peer, int) override;
+  void recv(Tensor&, int peer, int) override;
+  void barrier() override {}
+
+ private:
+  std::string name_;
+};
+
+}  // namespace linea::parallel

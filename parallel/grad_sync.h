@@ -1,0 +1,14 @@
+// Gradient reduction across ranks: replicated parameters are averaged over the DP x SP group,
+// expert parameters over the ranks holding the same experts (MoE issue). Gradients are packed
+// into one flat buffer per dtype so that one all-reduce serves them all.
+#pragma once
+
+#include "core/modules/parameter.h"
+#include "parallel/process_grid.h"
+
+namespace linea::parallel {
+
+// Averages the gradients of replicated parameters over grid.dp_sp() (sum / group size).
+void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid);
+
+}  // namespace linea::parallel
