@@ -1,7 +1,99 @@
-// The `linea` command line (placeholder until the CLI lands).
-#include <cstdio>
+// The `linea` command line.
+//   linea train [--config FILE ...] [--set path=value ...]     train (under mpirun for many ranks)
+//   linea validate-config [--config FILE ...] [--set ...] [--world-size N]
+//   linea prepare-data --output FILE [--separator S] TEXT_FILE ...
+//   linea --version
+// Errors a user can cause print one "error:" paragraph (with a hint line) and exit 1.
 
-int main() {
-  std::printf("linea %s\n", LINEA_VERSION);
+// ---- what the commands are made of -----------------------------------------------------------
+#include <CLI/CLI.hpp>          // argument parsing
+
+#include <cstdio>
+#include <iostream>
+
+#include "core/config/config.h"              // load, merge, override, validate
+#include "core/data/prepare.h"               // text -> token shard
+#include "core/logging/log.h"                // rank-aware logs
+#include "core/trainer/trainer.h"            // the training loop
+#include "parallel/mpi_communicator.h"       // MPI runtime and world communicator
+
+namespace {
+
+struct ConfigArgs {
+  std::vector<std::string> files;
+  std::vector<std::string> sets;
+  void add_to(CLI::App* app) {
+    app->add_option("--config,-c", files,
+                    "config file(s) in Protobuf text format, merged in order "
+                    "(default: the embedded configs/tiny.pbtxt)");
+    app->add_option("--set,-s", sets, "override one field: dotted.path=value (repeatable)");
+  }
+};
+
+int run_train(const ConfigArgs& args, int* argc, char*** argv) {
+  linea::parallel::MpiRuntime mpi(argc, argv);
+  auto world = linea::parallel::MpiCommunicator::world();
+  try {
+    linea::config::Config cfg = linea::load_config(args.files, args.sets);
+    const auto& lc = cfg.logging();
+    linea::init_logging(world->rank(), lc.level(), lc.all_ranks(),
+                        cfg.train().output_dir() + "/logs/rank" + std::to_string(world->rank()) +
+                            ".log");
+    linea::train(cfg, *world);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[rank %d] error: %s\n", world->rank(), e.what());
+    std::fflush(stderr);
+    // A failure on one rank must not leave the others waiting in a collective.
+    if (world->size() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Linea: linear-attention MoE training on CPUs (MPI) and GPUs"};
+  app.set_version_flag("--version", std::string("linea ") + LINEA_VERSION);
+  app.require_subcommand(1);
+
+  ConfigArgs train_args;
+  auto* train = app.add_subcommand("train", "train a model from config files");
+  train_args.add_to(train);
+
+  ConfigArgs validate_args;
+  int world_size = 0;
+  auto* validate = app.add_subcommand(
+      "validate-config", "parse, merge and validate configs; print the resolved config");
+  validate_args.add_to(validate);
+  validate->add_option("--world-size", world_size,
+                       "also check the parallel layout against this many ranks");
+
+  std::vector<std::string> inputs;
+  std::string output, separator;
+  auto* prepare = app.add_subcommand("prepare-data", "tokenize text files into a token shard");
+  prepare->add_option("inputs", inputs, "text files")->required()->check(CLI::ExistingFile);
+  prepare->add_option("--output,-o", output, "token-shard file to write")->required();
+  prepare->add_option("--separator", separator,
+                      "a line equal to this splits documents (default: one document per file)");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (train->parsed()) return run_train(train_args, &argc, &argv);
+  try {
+    if (validate->parsed()) {
+      linea::config::Config cfg = linea::load_config(validate_args.files, validate_args.sets);
+      linea::validate_config(cfg, world_size);
+      std::cout << linea::config_to_text(cfg);
+      return 0;
+    }
+    if (prepare->parsed()) {
+      linea::init_logging(0, "info", false);
+      return linea::data::prepare_data(inputs, output, separator);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
   return 0;
 }

@@ -1,0 +1,49 @@
+#include "core/model/block.h"
+
+#include "core/config/config.h"
+#include "kernels/elementwise.h"
+
+namespace linea {
+namespace {
+std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); }
+}  // namespace
+
+Block::Block(const config::Config& cfg, int layer, DType dtype)
+    : attn_norm_(layer_prefix(layer) + ".attn_norm", cfg.model().hidden_size(),
+                 cfg.model().norm_eps(), dtype),
+      mixer_(make_token_mixer(cfg, layer, layer_prefix(layer) + ".mixer", dtype)),
+      mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
+                cfg.model().norm_eps(), dtype),
+      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(),
+           resolved_intermediate_size(cfg), dtype) {}
+
+void Block::init(uint64_t seed, double std, double out_std) {
+  mixer_->init(seed, std, out_std);
+  mlp_.init(seed, std, out_std);
+}
+
+Tensor Block::forward(const Tensor& x) {
+  Tensor h = Tensor::empty(x.shape(), x.dtype());
+  kernels::add(x, mixer_->forward(attn_norm_.forward(x)), h);
+  Tensor y = Tensor::empty(h.shape(), h.dtype());
+  kernels::add(h, mlp_.forward(mlp_norm_.forward(h)), y);
+  return y;
+}
+
+Tensor Block::backward(const Tensor& dy) {
+  // dh = dy + d(mlp branch); dx = dh + d(mixer branch)
+  Tensor dh = mlp_norm_.backward(mlp_.backward(dy));
+  kernels::add_inplace(dh, dy);
+  Tensor dx = attn_norm_.backward(mixer_->backward(dh));
+  kernels::add_inplace(dx, dh);
+  return dx;
+}
+
+void Block::collect(ParameterList& out) {
+  attn_norm_.collect(out);
+  mixer_->collect(out);
+  mlp_norm_.collect(out);
+  mlp_.collect(out);
+}
+
+}  // namespace linea

@@ -1,0 +1,29 @@
+// A pre-norm block: h = x + Mixer(RMSNorm(x)), y = h + ChannelMixer(RMSNorm(h)).
+// Parameter names: layers.<i>.attn_norm.weight, layers.<i>.mixer.*, layers.<i>.mlp_norm.weight,
+// layers.<i>.mlp.* (Llama/Qwen-style, so checkpoints read naturally in PyTorch).
+#pragma once
+
+#include <memory>
+
+#include "core/modules/mixers/token_mixer.h"
+#include "core/modules/rmsnorm.h"
+#include "core/modules/swiglu_mlp.h"
+
+namespace linea {
+
+class Block {
+ public:
+  Block(const config::Config& cfg, int layer, DType dtype);
+  void init(uint64_t seed, double std, double out_std);
+  Tensor forward(const Tensor& x);
+  Tensor backward(const Tensor& dy);
+  void collect(ParameterList& out);
+
+ private:
+  RMSNorm attn_norm_;
+  std::unique_ptr<TokenMixer> mixer_;
+  RMSNorm mlp_norm_;
+  SwiGLUMLP mlp_;
+};
+
+}  // namespace linea

@@ -1,0 +1,54 @@
+// The language model: embedding, pre-norm blocks, final RMSNorm, LM head (tied to the embedding
+// or not) and softmax cross-entropy over the vocabulary.
+// Parameter names: embeddings.weight [V, D], layers.<i>.*, norm.weight [D], lm_head.weight [V, D]
+// (untied only).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/data/batch.h"
+#include "core/model/block.h"
+
+namespace linea {
+
+// A micro-batch's loss as a sum over its target tokens and their count, so that means over
+// micro-batches and ranks can be weighted by tokens exactly.
+struct LossStats {
+  double loss_sum = 0;
+  int64_t tokens = 0;
+};
+
+class Model {
+ public:
+  Model(const config::Config& cfg, DType dtype);
+  ~Model();
+  // Initialises every parameter from `seed` (std = model.init_std; output projections scaled by
+  // 1/sqrt(2 * num_layers)); identical on every rank.
+  void init(uint64_t seed);
+
+  // Forward and backward of one micro-batch: accumulates into the gradients
+  // grad_scale * d(loss_sum)/d(parameter).
+  LossStats forward_backward(const data::Batch& batch, double grad_scale);
+  // Forward only (evaluation).
+  LossStats forward_loss(const data::Batch& batch);
+
+  const ParameterList& parameters() const { return params_; }
+  int64_t num_parameters() const;
+  void zero_grad();
+  DType dtype() const { return dtype_; }
+
+ private:
+  Tensor forward_logits(const Tensor& inputs);
+
+  config::Config cfg_;
+  DType dtype_;
+  Parameter embeddings_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<RMSNorm> final_norm_;
+  Parameter lm_head_;  // undefined value when tied
+  ParameterList params_;
+  Tensor final_hidden_;  // saved for the LM-head backward
+};
+
+}  // namespace linea

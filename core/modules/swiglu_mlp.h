@@ -1,0 +1,22 @@
+// The dense channel mixer: SwiGLU MLP, y = down(silu(gate(x)) * up(x)) (Llama/Qwen layout and
+// names: "<prefix>.gate_proj.weight", ".up_proj.weight", ".down_proj.weight").
+#pragma once
+
+#include "core/modules/linear.h"
+
+namespace linea {
+
+class SwiGLUMLP {
+ public:
+  SwiGLUMLP(const std::string& name, int64_t hidden, int64_t intermediate, DType dtype);
+  void init(uint64_t seed, double std, double out_std);
+  Tensor forward(const Tensor& x);
+  Tensor backward(const Tensor& dy);
+  void collect(ParameterList& out);
+
+ private:
+  Linear gate_, up_, down_;
+  Tensor g_, u_;
+};
+
+}  // namespace linea

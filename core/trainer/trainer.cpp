@@ -1,0 +1,136 @@
+#include "core/trainer/trainer.h"
+
+// ---- what the loop is made of ---------------------------------------------------------------
+#include "core/config/config.h"    // validation and derived sizes
+#include "core/data/dataset.h"     // samples by global index, per-DP-rank slices
+#include "core/logging/log.h"      // rank-aware spdlog
+#include "core/model/model.h"      // forward + backward of the whole model
+#include "core/optim/adamw.h"      // AdamW, schedule, gradient clipping
+#include "kernels/elementwise.h"   // finiteness checks
+#include "parallel/grad_sync.h"    // gradient averaging over DP x SP
+#include "parallel/process_grid.h"  // DP x SP groups
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace linea {
+namespace {
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+uint64_t total_bytes(const parallel::CommStats& s) {
+  uint64_t b = 0;
+  for (uint64_t x : s.bytes_sent) b += x;
+  return b;
+}
+
+}  // namespace
+
+TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
+  validate_config(cfg, world.size());
+  const auto& tc = cfg.train();
+  const int dp = resolved_dp(cfg, world.size());
+  parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp()});
+  const bool leader = world.rank() == 0;
+
+  const std::filesystem::path out_dir = tc.output_dir();
+  std::ofstream metrics;
+  if (leader) {
+    std::filesystem::create_directories(out_dir);
+    std::ofstream(out_dir / "config.pbtxt") << config_to_text(cfg);
+    metrics.open(out_dir / "metrics.jsonl", std::ios::trunc);
+    LINEA_USER_CHECK(metrics.good(), "check that train.output_dir is writable")
+        << "cannot write " << (out_dir / "metrics.jsonl").string();
+  }
+
+  auto dataset = data::make_dataset(cfg);
+  LINEA_USER_CHECK(dataset->vocab_size() <= cfg.model().vocab_size(),
+                   "set model.vocab_size to at least the dataset's vocabulary")
+      << "model.vocab_size = " << cfg.model().vocab_size() << " but the data has ids up to "
+      << dataset->vocab_size() - 1;
+
+  const DType dtype = dtype_from_name(tc.dtype());
+  Model model(cfg, dtype);
+  model.init(tc.seed());
+  AdamW optimizer(model.parameters(), cfg.optimizer());
+  spdlog::info("model: {} parameters, layers {} ({}), hidden {}, dtype {}",
+               model.num_parameters(), cfg.model().num_layers(), resolved_layer_pattern(cfg),
+               cfg.model().hidden_size(), tc.dtype());
+  spdlog::info("grid: world {} = dp {} x sp {}; global batch {} x {} tokens", world.size(), dp,
+               cfg.parallel().sp(), int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp,
+               dataset->seq_len());
+
+  TrainSummary summary;
+  summary.num_parameters = model.num_parameters();
+  const int accum = tc.grad_accum_steps();
+  for (int64_t step = 0; step < tc.steps(); ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const uint64_t bytes0 = total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats());
+    model.zero_grad();
+
+    std::vector<data::Batch> batches;
+    double local_tokens = 0;
+    for (int micro = 0; micro < accum; ++micro) {
+      batches.push_back(data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(),
+                                         tc.micro_batch_size()));
+      const Tensor& t = batches.back().targets;
+      const int32_t* tp = t.data<int32_t>();
+      for (int64_t i = 0; i < t.numel(); ++i) local_tokens += tp[i] >= 0;
+    }
+    // Token-weighted mean over the global batch: every rank scales its loss sum by
+    // group_size / N_total so that the averaging all-reduce yields d(sum / N_total).
+    const double n_total = grid.dp_sp().all_reduce_scalar(local_tokens);
+    LINEA_USER_CHECK(n_total > 0, "the data produced no target tokens; check data.* settings")
+        << "step " << step << " has no target tokens";
+    const double grad_scale = grid.dp_sp().size() / n_total;
+    double loss_sum = 0;
+    for (const auto& b : batches) loss_sum += model.forward_backward(b, grad_scale).loss_sum;
+
+    parallel::average_replicated_gradients(model.parameters(), grid);
+    const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
+    const double grad_norm = clip_grad_norm(model.parameters(), cfg.optimizer().grad_clip());
+    LINEA_USER_CHECK(std::isfinite(loss) && std::isfinite(grad_norm),
+                     "lower optimizer.lr or raise schedule.warmup_steps")
+        << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "
+        << step;
+    const double lr = learning_rate(cfg.optimizer(), cfg.schedule(), step, tc.steps());
+    optimizer.step(lr);
+    summary.losses.push_back(loss);
+
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int64_t tokens =
+        int64_t(tc.micro_batch_size()) * accum * dp * dataset->seq_len();
+    const uint64_t comm =
+        total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats()) - bytes0;
+    const bool log_now = step == 0 || (step + 1) % cfg.logging().every_steps() == 0 ||
+                         step + 1 == tc.steps();
+    if (log_now) {
+      spdlog::info("step {:>5}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
+                   "{:.3f} s | comm {} B | rss {:.0f} MB",
+                   step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs, comm,
+                   peak_rss_mb());
+      if (leader) {
+        nlohmann::json j = {{"step", step + 1},          {"loss", loss},
+                            {"lr", lr},                  {"grad_norm", grad_norm},
+                            {"tokens_per_s", tokens / secs}, {"step_time_s", secs},
+                            {"tokens", tokens},          {"comm_bytes", comm},
+                            {"peak_rss_mb", peak_rss_mb()}};
+        metrics << j.dump() << "\n" << std::flush;
+      }
+    }
+  }
+  return summary;
+}
+
+}  // namespace linea

@@ -1,0 +1,25 @@
+// The training loop: builds the process grid, data, model and optimizer from a validated config
+// and runs `train.steps` optimizer steps, each of `train.grad_accum_steps` micro-batches per DP
+// rank. The loss of a step is the token-weighted mean over every target token of the global batch,
+// so W ranks train exactly as one rank with W times the batch.
+//
+// Writes into train.output_dir (rank 0): config.pbtxt (the resolved config) and metrics.jsonl (one
+// JSON object per logged step: step, loss, lr, grad_norm, tokens_per_s, step_time_s, tokens,
+// comm_bytes, peak_rss_mb).
+#pragma once
+
+#include <vector>
+
+#include "linea.pb.h"
+#include "parallel/communicator.h"
+
+namespace linea {
+
+struct TrainSummary {
+  std::vector<double> losses;  // one per step (every step, not only logged ones)
+  int64_t num_parameters = 0;
+};
+
+TrainSummary train(const config::Config& cfg, parallel::Communicator& world);
+
+}  // namespace linea

@@ -1,0 +1,25 @@
+# Helpers for the end-to-end scripts (sourced; not a test itself).
+# Usage in a test: source "$(dirname "$0")/lib.sh" "$@"  ->  LINEA, SRC, WORK set; WORK removed at exit.
+LINEA=$1
+SRC=$2
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# Fails unless command exits non-zero and its stderr contains every given string.
+expect_error() {
+  local out
+  if out=$("$@" 2>&1); then fail "expected failure: $*"; fi
+  echo "$out"
+  LAST_ERROR=$out
+}
+contains() { grep -qF -- "$2" <<<"$1" || fail "expected '$2' in: $1"; }
+# The embedded corpus (prepared by launch/setup.sh), or a fresh one from the fortunes package.
+corpus() {
+  if [ -f "$SRC/data/fortunes.tokens" ]; then echo "$SRC/data/fortunes.tokens"; return; fi
+  "$LINEA" prepare-data --separator % --output "$WORK/fortunes.tokens" \
+    /usr/share/games/fortunes/fortunes /usr/share/games/fortunes/literature >/dev/null
+  echo "$WORK/fortunes.tokens"
+}
+# First and last logged loss of a metrics.jsonl.
+first_loss() { head -1 "$1" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/'; }
+last_loss() { tail -1 "$1" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/'; }
