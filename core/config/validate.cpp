@@ -1,0 +1,252 @@
+// The rules a config must satisfy before any work starts, and the values derived from it. Each
+// failure names the field path and its value ("model.hidden_size = 0: ...") and the hint says
+// what to change, so a user can fix it without reading this file.
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <string>
+
+#include "core/config/config.h"
+#include "core/util/check.h"
+
+namespace linea {
+namespace {
+
+// Values are streamed raw, strings quoted, so "f16" and an empty path are visible in the message.
+std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+
+void check_positive(int value, const char* path) {
+  const std::string hint = std::string("set ") + path + " to a positive integer";
+  LINEA_USER_CHECK(value > 0, hint.c_str()) << path << " = " << value << ": must be positive";
+}
+
+void check_non_negative(int value, const char* path) {
+  const std::string hint = std::string("set ") + path + " to 0 or more";
+  LINEA_USER_CHECK(value >= 0, hint.c_str()) << path << " = " << value << ": must be >= 0";
+}
+
+// NaN fails every comparison, so these are written as "value is in range" rather than "value is
+// out of range" to reject NaN too.
+void check_finite_positive(double value, const char* path) {
+  const std::string hint = std::string("set ") + path + " to a finite number > 0";
+  LINEA_USER_CHECK(std::isfinite(value) && value > 0, hint.c_str())
+      << path << " = " << value << ": must be a finite number > 0";
+}
+
+void check_finite_non_negative(double value, const char* path) {
+  const std::string hint = std::string("set ") + path + " to a finite number >= 0";
+  LINEA_USER_CHECK(std::isfinite(value) && value >= 0, hint.c_str())
+      << path << " = " << value << ": must be a finite number >= 0";
+}
+
+void check_one_of(const std::string& value, std::initializer_list<const char*> allowed,
+                  const char* path) {
+  std::string list;
+  bool found = false;
+  for (const char* a : allowed) {
+    list += (list.empty() ? "" : ", ") + std::string(a);
+    found = found || value == a;
+  }
+  const std::string hint = std::string("set ") + path + " to one of: " + list;
+  LINEA_USER_CHECK(found, hint.c_str()) << path << " = " << quoted(value) << ": not supported";
+}
+
+void validate_model(const config::Config& cfg) {
+  const config::ModelConfig& m = cfg.model();
+  LINEA_USER_CHECK(m.vocab_size() >= 2, "set model.vocab_size to at least 2 (257 for bytes)")
+      << "model.vocab_size = " << m.vocab_size() << ": must be >= 2";
+  check_positive(m.hidden_size(), "model.hidden_size");
+  check_positive(m.num_layers(), "model.num_layers");
+  check_finite_positive(m.norm_eps(), "model.norm_eps");
+  check_finite_non_negative(m.init_std(), "model.init_std");
+
+  const config::MixerConfig& mix = m.mixer();
+  check_positive(mix.num_heads(), "model.mixer.num_heads");
+  check_non_negative(mix.head_dim(), "model.mixer.head_dim");
+  check_positive(mix.chunk_size(), "model.mixer.chunk_size");
+  if (mix.head_dim() == 0) {
+    LINEA_USER_CHECK(m.hidden_size() % mix.num_heads() == 0,
+                     "choose model.mixer.num_heads dividing model.hidden_size, or set "
+                     "model.mixer.head_dim explicitly")
+        << "model.mixer.num_heads = " << mix.num_heads()
+        << " does not divide model.hidden_size = " << m.hidden_size()
+        << " (model.mixer.head_dim = 0 means hidden_size / num_heads)";
+  }
+  check_non_negative(m.channel_mixer().intermediate_size(),
+                     "model.channel_mixer.intermediate_size");
+
+  if (m.has_layer_pattern() && !m.layer_pattern().empty()) {
+    const std::string& p = m.layer_pattern();
+    LINEA_USER_CHECK(p.size() == static_cast<size_t>(m.num_layers()),
+                     "give model.layer_pattern one letter per layer, or leave it empty for all L")
+        << "model.layer_pattern = " << quoted(p) << " has " << p.size()
+        << " letters but model.num_layers = " << m.num_layers();
+    for (size_t i = 0; i < p.size(); ++i) {
+      LINEA_USER_CHECK(p[i] == 'L' || p[i] == 'N',
+                       "use L (linear mixer) or N (softmax attention) in model.layer_pattern")
+          << "model.layer_pattern = " << quoted(p) << ": letter " << i << " is '" << p[i] << "'";
+      LINEA_USER_CHECK(p[i] != 'N',
+                       "use only L layers for now; softmax-attention (N) layers come with the "
+                       "mixers work")
+          << "model.layer_pattern = " << quoted(p) << ": layer " << i
+          << " is N (softmax attention), which is not supported yet";
+    }
+  }
+}
+
+void validate_parallel(const config::Config& cfg, int world_size) {
+  const config::ParallelConfig& par = cfg.parallel();
+  LINEA_USER_CHECK(par.sp() >= 1, "set parallel.sp to 1 or more (1 = no sequence parallelism)")
+      << "parallel.sp = " << par.sp() << ": must be >= 1";
+  LINEA_USER_CHECK(par.ep() >= 1, "set parallel.ep to 1 or more (1 = no expert parallelism)")
+      << "parallel.ep = " << par.ep() << ": must be >= 1";
+  LINEA_USER_CHECK(par.dp() >= 0, "set parallel.dp to 0 (= world size / sp) or a positive count")
+      << "parallel.dp = " << par.dp() << ": must be >= 0";
+  LINEA_USER_CHECK(cfg.data().seq_len() % par.sp() == 0, "choose parallel.sp dividing data.seq_len")
+      << "parallel.sp = " << par.sp() << " does not divide data.seq_len = " << cfg.data().seq_len();
+  if (world_size > 0) {
+    LINEA_USER_CHECK(world_size % par.sp() == 0,
+                     "launch a multiple of parallel.sp ranks, or change parallel.sp")
+        << "parallel.sp = " << par.sp() << " does not divide the world size " << world_size;
+    if (par.dp() != 0) {
+      LINEA_USER_CHECK(static_cast<long long>(par.dp()) * par.sp() == world_size,
+                       "set parallel.dp to 0 (derived from the world size), or launch dp * sp "
+                       "ranks")
+          << "parallel.dp = " << par.dp() << " times parallel.sp = " << par.sp() << " is "
+          << static_cast<long long>(par.dp()) * par.sp() << ", not the world size " << world_size;
+    }
+  }
+  LINEA_USER_CHECK(par.sp() == 1,
+                   "set parallel.sp = 1; sequence parallelism comes with a later issue")
+      << "parallel.sp = " << par.sp() << ": sequence parallelism is not supported yet";
+  LINEA_USER_CHECK(par.ep() == 1,
+                   "set parallel.ep = 1; expert parallelism comes with a later issue")
+      << "parallel.ep = " << par.ep() << ": expert parallelism is not supported yet";
+
+  const int local_len = cfg.data().seq_len() / par.sp();
+  const int chunk = cfg.model().mixer().chunk_size();
+  LINEA_USER_CHECK(local_len % chunk == 0,
+                   "choose model.mixer.chunk_size dividing data.seq_len / parallel.sp")
+      << "model.mixer.chunk_size = " << chunk
+      << " does not divide data.seq_len / parallel.sp = " << cfg.data().seq_len() << " / "
+      << par.sp() << " = " << local_len;
+}
+
+void validate_data(const config::Config& cfg) {
+  const config::DataConfig& data = cfg.data();
+  LINEA_USER_CHECK(std::isfinite(data.valid_fraction()) && data.valid_fraction() >= 0 &&
+                       data.valid_fraction() < 1,
+                   "set data.valid_fraction in [0, 1)")
+      << "data.valid_fraction = " << data.valid_fraction() << ": must be in [0, 1)";
+  switch (data.source()) {
+    case config::DataConfig::TOKEN_SHARD:
+      LINEA_USER_CHECK(!data.path().empty(),
+                       "set data.path to a token shard written by `linea prepare-data`")
+          << "data.path = \"\": data.source TOKEN_SHARD needs a file";
+      break;
+    case config::DataConfig::MQAR: {
+      const config::MqarConfig& q = data.mqar();
+      check_positive(q.num_kv_pairs(), "data.mqar.num_kv_pairs");
+      check_positive(q.num_queries(), "data.mqar.num_queries");
+      const long long needed = 2LL * q.num_kv_pairs() + 2LL * q.num_queries();
+      LINEA_USER_CHECK(needed <= data.seq_len(),
+                       "raise data.seq_len or lower data.mqar.num_kv_pairs / num_queries")
+          << "data.mqar needs 2 * num_kv_pairs + 2 * num_queries = 2 * " << q.num_kv_pairs()
+          << " + 2 * " << q.num_queries() << " = " << needed
+          << " tokens, more than data.seq_len = " << data.seq_len();
+      LINEA_USER_CHECK(cfg.model().vocab_size() >= 4,
+                       "set model.vocab_size to 4 or more (keys and values split the vocabulary)")
+          << "model.vocab_size = " << cfg.model().vocab_size()
+          << ": data.source MQAR needs at least 4 tokens";
+      break;
+    }
+  }
+}
+
+void validate_optimization(const config::Config& cfg) {
+  const config::OptimizerConfig& opt = cfg.optimizer();
+  check_finite_positive(opt.lr(), "optimizer.lr");
+  LINEA_USER_CHECK(opt.beta1() >= 0 && opt.beta1() < 1, "set optimizer.beta1 in [0, 1), e.g. 0.9")
+      << "optimizer.beta1 = " << opt.beta1() << ": must be in [0, 1)";
+  LINEA_USER_CHECK(opt.beta2() >= 0 && opt.beta2() < 1, "set optimizer.beta2 in [0, 1), e.g. 0.95")
+      << "optimizer.beta2 = " << opt.beta2() << ": must be in [0, 1)";
+  check_finite_positive(opt.eps(), "optimizer.eps");
+  check_finite_non_negative(opt.weight_decay(), "optimizer.weight_decay");
+  check_finite_non_negative(opt.grad_clip(), "optimizer.grad_clip");
+
+  const config::ScheduleConfig& s = cfg.schedule();
+  check_non_negative(s.warmup_steps(), "schedule.warmup_steps");
+  LINEA_USER_CHECK(s.warmup_steps() <= cfg.train().steps(),
+                   "lower schedule.warmup_steps or raise train.steps")
+      << "schedule.warmup_steps = " << s.warmup_steps()
+      << " is more than train.steps = " << cfg.train().steps();
+  LINEA_USER_CHECK(s.min_lr_ratio() >= 0 && s.min_lr_ratio() <= 1,
+                   "set schedule.min_lr_ratio in [0, 1]")
+      << "schedule.min_lr_ratio = " << s.min_lr_ratio() << ": must be in [0, 1]";
+}
+
+void validate_train(const config::Config& cfg) {
+  const config::TrainConfig& t = cfg.train();
+  check_positive(t.steps(), "train.steps");
+  check_positive(t.micro_batch_size(), "train.micro_batch_size");
+  check_positive(t.grad_accum_steps(), "train.grad_accum_steps");
+  check_one_of(t.dtype(), {"f32", "f64"}, "train.dtype");
+  check_one_of(t.precision(), {"f32", "bf16"}, "train.precision");
+}
+
+void validate_checkpoint_and_logging(const config::Config& cfg) {
+  const config::CheckpointConfig& c = cfg.checkpoint();
+  check_non_negative(c.every_steps(), "checkpoint.every_steps");
+  LINEA_USER_CHECK(c.keep_last() >= 1, "set checkpoint.keep_last to 1 or more")
+      << "checkpoint.keep_last = " << c.keep_last() << ": must be >= 1";
+  check_non_negative(c.keep_every(), "checkpoint.keep_every");
+
+  const config::LoggingConfig& l = cfg.logging();
+  LINEA_USER_CHECK(l.every_steps() >= 1, "set logging.every_steps to 1 or more")
+      << "logging.every_steps = " << l.every_steps() << ": must be >= 1";
+  check_one_of(l.level(), {"trace", "debug", "info", "warn", "error"}, "logging.level");
+}
+
+}  // namespace
+
+void validate_config(const config::Config& cfg, int world_size) {
+  validate_model(cfg);
+  // Sizes the parallel and data rules divide by or compare against come first.
+  check_positive(cfg.data().seq_len(), "data.seq_len");
+  validate_train(cfg);
+  validate_parallel(cfg, world_size);
+  validate_data(cfg);
+  validate_optimization(cfg);
+  validate_checkpoint_and_logging(cfg);
+}
+
+int resolved_head_dim(const config::Config& cfg) {
+  const config::MixerConfig& mix = cfg.model().mixer();
+  if (mix.head_dim() != 0) return mix.head_dim();
+  LINEA_CHECK(mix.num_heads() > 0) << "validate_config first";
+  return cfg.model().hidden_size() / mix.num_heads();
+}
+
+int resolved_intermediate_size(const config::Config& cfg) {
+  const int set = cfg.model().channel_mixer().intermediate_size();
+  if (set != 0) return set;
+  // 8/3 * h / 8 = h / 3, whose fractional part is 0, 1/3 or 2/3, so rounding never ties and
+  // integer (h + 1) / 3 is exact. At least one multiple of 8 keeps tiny test models non-empty.
+  const int h = cfg.model().hidden_size();
+  return std::max(8, (h + 1) / 3 * 8);
+}
+
+std::string resolved_layer_pattern(const config::Config& cfg) {
+  const std::string& p = cfg.model().layer_pattern();
+  if (!p.empty()) return p;
+  return std::string(static_cast<size_t>(std::max(0, cfg.model().num_layers())), 'L');
+}
+
+int resolved_dp(const config::Config& cfg, int world_size) {
+  const config::ParallelConfig& par = cfg.parallel();
+  if (par.dp() != 0) return par.dp();
+  LINEA_CHECK(world_size > 0 && par.sp() > 0) << "parallel.dp = 0 needs the world size";
+  return world_size / par.sp();
+}
+
+}  // namespace linea
