@@ -1,0 +1,58 @@
+// Internal to kernels/cpu: argument checks and the f32/f64 dispatch shared by the CPU kernels.
+// Each kernel is one template body on the element type; `dispatch_float` picks the
+// instantiation once per call, so the inner loops see plain pointers and no per-element branch.
+#pragma once
+
+#include <string>
+
+#include "core/tensor/tensor.h"
+#include "core/util/check.h"
+
+namespace linea::kernels::cpu {
+
+inline std::string describe(const Tensor& t) {
+  return shape_str(t.shape()) + " " + dtype_name(t.dtype());
+}
+
+// A defined CPU tensor of f32 or f64.
+inline void check_float(const Tensor& t, const char* op, const char* name) {
+  LINEA_CHECK(t.defined()) << op << ": " << name << " is undefined";
+  LINEA_CHECK(t.device().is_cpu())
+      << op << ": " << name << " is on " << t.device().str() << ", the CPU kernel needs cpu";
+  LINEA_CHECK(t.dtype() == DType::kF32 || t.dtype() == DType::kF64)
+      << op << ": " << name << " " << describe(t) << " must be f32 or f64";
+}
+
+// `t` is a float tensor of the same dtype as `ref` (all operands of a call share one dtype).
+inline void check_like(const Tensor& t, const Tensor& ref, const char* op, const char* name,
+                       const char* ref_name) {
+  check_float(t, op, name);
+  LINEA_CHECK(t.dtype() == ref.dtype())
+      << op << ": " << name << " " << describe(t) << " and " << ref_name << " " << describe(ref)
+      << " must have one dtype";
+}
+
+inline void check_same_shape(const Tensor& t, const Tensor& ref, const char* op, const char* name,
+                             const char* ref_name) {
+  check_like(t, ref, op, name, ref_name);
+  LINEA_CHECK(t.shape() == ref.shape())
+      << op << ": " << name << " " << shape_str(t.shape()) << " must have the shape of " << ref_name
+      << " " << shape_str(ref.shape());
+}
+
+inline void check_ids(const Tensor& t, const char* op, const char* name) {
+  LINEA_CHECK(t.defined()) << op << ": " << name << " is undefined";
+  LINEA_CHECK(t.device().is_cpu()) << op << ": " << name << " is on " << t.device().str();
+  LINEA_CHECK(t.dtype() == DType::kI32)
+      << op << ": " << name << " " << describe(t) << " must be i32";
+}
+
+// Calls f(float{}) or f(double{}); the caller has checked that dt is one of them.
+template <typename F>
+decltype(auto) dispatch_float(DType dt, F&& f) {
+  if (dt == DType::kF32) return f(float{});
+  LINEA_CHECK(dt == DType::kF64) << "expected f32 or f64, got " << dtype_name(dt);
+  return f(double{});
+}
+
+}  // namespace linea::kernels::cpu

@@ -1,0 +1,89 @@
+#include "kernels/elementwise.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cpu/dispatch.h"
+
+namespace linea::kernels {
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  const char* op = "add";
+  cpu::check_float(a, op, "a");
+  cpu::check_same_shape(b, a, op, "b", "a");
+  cpu::check_same_shape(out, a, op, "out", "a");
+  cpu::dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* ap = a.data<T>();
+    const T* bp = b.data<T>();
+    T* o = out.data<T>();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) o[i] = ap[i] + bp[i];
+  });
+}
+
+void add_inplace(Tensor& a, const Tensor& b) {
+  const char* op = "add_inplace";
+  cpu::check_float(a, op, "a");
+  cpu::check_same_shape(b, a, op, "b", "a");
+  cpu::dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* ap = a.data<T>();
+    const T* bp = b.data<T>();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) ap[i] += bp[i];
+  });
+}
+
+void axpy(double alpha, const Tensor& x, Tensor& y) {
+  const char* op = "axpy";
+  cpu::check_float(x, op, "x");
+  cpu::check_same_shape(y, x, op, "y", "x");
+  cpu::dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    T* yp = y.data<T>();
+    const T a = static_cast<T>(alpha);
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) yp[i] += a * xp[i];
+  });
+}
+
+void scale(Tensor& x, double alpha) {
+  cpu::check_float(x, "scale", "x");
+  cpu::dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* xp = x.data<T>();
+    const T a = static_cast<T>(alpha);
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) xp[i] *= a;
+  });
+}
+
+double sum_squares(const Tensor& x) {
+  cpu::check_float(x, "sum_squares", "x");
+  return cpu::dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    const int64_t n = x.numel();
+    // Four independent partial sums: without -ffast-math the compiler keeps one sum strictly
+    // sequential, and the dependency chain, not the loads, would set the speed.
+    double s[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (int k = 0; k < 4; ++k) s[k] += static_cast<double>(xp[i + k]) * xp[i + k];
+    }
+    for (; i < n; ++i) s[0] += static_cast<double>(xp[i]) * xp[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+  });
+}
+
+bool all_finite(const Tensor& x) {
+  cpu::check_float(x, "all_finite", "x");
+  return cpu::dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.data<T>();
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) {
+      if (!std::isfinite(xp[i])) return false;
+    }
+    return true;
+  });
+}
+
+}  // namespace linea::kernels
