@@ -15,25 +15,25 @@ namespace {
 // Values are streamed raw, strings quoted, so "f16" and an empty path are visible in the message.
 std::string quoted(const std::string& s) { return "\"" + s + "\""; }
 
-void check_positive(int value, const char* path) {
+void check_positive(int value, const std::string& path) {
   const std::string hint = std::string("set ") + path + " to a positive integer";
   LINEA_USER_CHECK(value > 0, hint.c_str()) << path << " = " << value << ": must be positive";
 }
 
-void check_non_negative(int value, const char* path) {
+void check_non_negative(int value, const std::string& path) {
   const std::string hint = std::string("set ") + path + " to 0 or more";
   LINEA_USER_CHECK(value >= 0, hint.c_str()) << path << " = " << value << ": must be >= 0";
 }
 
 // NaN fails every comparison, so these are written as "value is in range" rather than "value is
 // out of range" to reject NaN too.
-void check_finite_positive(double value, const char* path) {
+void check_finite_positive(double value, const std::string& path) {
   const std::string hint = std::string("set ") + path + " to a finite number > 0";
   LINEA_USER_CHECK(std::isfinite(value) && value > 0, hint.c_str())
       << path << " = " << value << ": must be a finite number > 0";
 }
 
-void check_finite_non_negative(double value, const char* path) {
+void check_finite_non_negative(double value, const std::string& path) {
   const std::string hint = std::string("set ") + path + " to a finite number >= 0";
   LINEA_USER_CHECK(std::isfinite(value) && value >= 0, hint.c_str())
       << path << " = " << value << ": must be a finite number >= 0";
@@ -60,18 +60,6 @@ void validate_model(const config::Config& cfg) {
   check_finite_positive(m.norm_eps(), "model.norm_eps");
   check_finite_non_negative(m.init_std(), "model.init_std");
 
-  const config::MixerConfig& mix = m.mixer();
-  check_positive(mix.num_heads(), "model.mixer.num_heads");
-  check_non_negative(mix.head_dim(), "model.mixer.head_dim");
-  check_positive(mix.chunk_size(), "model.mixer.chunk_size");
-  if (mix.head_dim() == 0) {
-    LINEA_USER_CHECK(m.hidden_size() % mix.num_heads() == 0,
-                     "choose model.mixer.num_heads dividing model.hidden_size, or set "
-                     "model.mixer.head_dim explicitly")
-        << "model.mixer.num_heads = " << mix.num_heads()
-        << " does not divide model.hidden_size = " << m.hidden_size()
-        << " (model.mixer.head_dim = 0 means hidden_size / num_heads)";
-  }
   check_non_negative(m.channel_mixer().intermediate_size(),
                      "model.channel_mixer.intermediate_size");
 
@@ -85,13 +73,87 @@ void validate_model(const config::Config& cfg) {
       LINEA_USER_CHECK(p[i] == 'L' || p[i] == 'N',
                        "use L (linear mixer) or N (softmax attention) in model.layer_pattern")
           << "model.layer_pattern = " << quoted(p) << ": letter " << i << " is '" << p[i] << "'";
-      LINEA_USER_CHECK(p[i] != 'N',
-                       "use only L layers for now; softmax-attention (N) layers come with the "
-                       "mixers work")
-          << "model.layer_pattern = " << quoted(p) << ": layer " << i
-          << " is N (softmax attention), which is not supported yet";
     }
   }
+}
+
+// The settings of one linear mixer (model.mixer, or model.mixer merged with an override).
+void validate_mixer(const config::MixerConfig& mix, const std::string& path, int hidden) {
+  using MC = config::MixerConfig;
+  check_positive(mix.num_heads(), path + ".num_heads");
+  check_non_negative(mix.head_dim(), path + ".head_dim");
+  check_non_negative(mix.value_dim(), path + ".value_dim");
+  check_positive(mix.chunk_size(), path + ".chunk_size");
+  if (mix.head_dim() == 0) {
+    LINEA_USER_CHECK(hidden % mix.num_heads() == 0,
+                     "choose num_heads dividing model.hidden_size, or set head_dim explicitly")
+        << path << ".num_heads = " << mix.num_heads()
+        << " does not divide model.hidden_size = " << hidden
+        << " (head_dim = 0 means hidden_size / num_heads)";
+  }
+  check_positive(mix.conv_size(), path + ".conv_size");
+  check_positive(mix.feature_dim(), path + ".feature_dim");
+  check_non_negative(mix.window_size(), path + ".window_size");
+  check_positive(mix.gate_low_rank(), path + ".gate_low_rank");
+  check_finite_positive(mix.gate_logit_normalizer(), path + ".gate_logit_normalizer");
+  LINEA_USER_CHECK(std::isfinite(mix.forget_lower_bound()) && mix.forget_lower_bound() >= 0 &&
+                       mix.forget_lower_bound() < 1,
+                   "set forget_lower_bound in [0, 1)")
+      << path << ".forget_lower_bound = " << mix.forget_lower_bound() << ": must be in [0, 1)";
+  check_positive(mix.num_slots(), path + ".num_slots");
+  check_positive(mix.num_memories(), path + ".num_memories");
+  LINEA_USER_CHECK(mix.memory_top_k() >= 1 && mix.memory_top_k() <= mix.num_memories(),
+                   "set memory_top_k between 1 and num_memories")
+      << path << ".memory_top_k = " << mix.memory_top_k()
+      << " with num_memories = " << mix.num_memories();
+  const MC::Kind mk = mix.memory_kind();
+  LINEA_USER_CHECK(mk == MC::GATED_DELTANET || mk == MC::DELTANET || mk == MC::GLA ||
+                       mk == MC::SIMPLE_GLA || mk == MC::LINEAR_ATTENTION,
+                   "use GATED_DELTANET, DELTANET, GLA, SIMPLE_GLA or LINEAR_ATTENTION")
+      << path << ".memory_kind = " << MC::Kind_Name(mk) << " cannot be a memory of MOM";
+  check_finite_positive(mix.expand_v(), path + ".expand_v");
+}
+
+void validate_attention(const config::AttentionConfig& a, int hidden) {
+  check_positive(a.num_heads(), "model.attention.num_heads");
+  check_non_negative(a.num_kv_heads(), "model.attention.num_kv_heads");
+  check_non_negative(a.head_dim(), "model.attention.head_dim");
+  check_non_negative(a.window_size(), "model.attention.window_size");
+  check_finite_positive(a.rope_theta(), "model.attention.rope_theta");
+  if (a.head_dim() == 0) {
+    LINEA_USER_CHECK(hidden % a.num_heads() == 0,
+                     "choose model.attention.num_heads dividing model.hidden_size, or set "
+                     "model.attention.head_dim")
+        << "model.attention.num_heads = " << a.num_heads()
+        << " does not divide model.hidden_size = " << hidden;
+  }
+  const int hd = a.head_dim() > 0 ? a.head_dim() : hidden / a.num_heads();
+  LINEA_USER_CHECK(hd % 2 == 0, "RoPE rotates pairs: use an even attention head width")
+      << "model.attention head width " << hd << " is odd";
+  const int kv = a.num_kv_heads() > 0 ? a.num_kv_heads() : a.num_heads();
+  LINEA_USER_CHECK(a.num_heads() % kv == 0,
+                   "choose model.attention.num_kv_heads dividing model.attention.num_heads")
+      << "model.attention.num_kv_heads = " << kv
+      << " does not divide num_heads = " << a.num_heads();
+}
+
+void validate_layers(const config::Config& cfg) {
+  const config::ModelConfig& m = cfg.model();
+  const std::string pattern = resolved_layer_pattern(cfg);
+  validate_mixer(m.mixer(), "model.mixer", m.hidden_size());
+  for (int i = 0; i < m.mixer_overrides_size(); ++i) {
+    const auto& o = m.mixer_overrides(i);
+    const std::string path = "model.mixer_overrides[" + std::to_string(i) + "]";
+    LINEA_USER_CHECK(o.layer() >= 0 && o.layer() < m.num_layers(),
+                     "give the index of an L layer, 0-based")
+        << path << ".layer = " << o.layer() << " with model.num_layers = " << m.num_layers();
+    LINEA_USER_CHECK(pattern[o.layer()] == 'L', "overrides apply to linear (L) layers only")
+        << path << ".layer = " << o.layer() << " is an N layer in model.layer_pattern";
+    config::MixerConfig merged = m.mixer();
+    merged.MergeFrom(o.mixer());
+    validate_mixer(merged, path + ".mixer", m.hidden_size());
+  }
+  if (pattern.find('N') != std::string::npos) validate_attention(m.attention(), m.hidden_size());
 }
 
 void validate_parallel(const config::Config& cfg, int world_size) {
@@ -211,6 +273,7 @@ void validate_checkpoint_and_logging(const config::Config& cfg) {
 
 void validate_config(const config::Config& cfg, int world_size) {
   validate_model(cfg);
+  validate_layers(cfg);
   // Sizes the parallel and data rules divide by or compare against come first.
   check_positive(cfg.data().seq_len(), "data.seq_len");
   validate_train(cfg);

@@ -1,46 +1,48 @@
 #include "core/modules/mixers/token_mixer.h"
 
 #include "core/config/config.h"
-#include "core/modules/mixers/linear_attention_mixer.h"
+#include "core/modules/mixers/mixer_factories.h"
 
 namespace linea {
-namespace {
 
-kernels::FeatureMap feature_map_of(config::MixerConfig::FeatureMap f) {
-  switch (f) {
-    case config::MixerConfig::IDENTITY:
-      return kernels::FeatureMap::kIdentity;
-    case config::MixerConfig::ELU_PLUS_ONE:
-      return kernels::FeatureMap::kEluPlusOne;
-    case config::MixerConfig::RELU:
-      return kernels::FeatureMap::kRelu;
-  }
-  LINEA_CHECK(false) << "unhandled feature map " << static_cast<int>(f);
-  return kernels::FeatureMap::kIdentity;
+config::MixerConfig mixer_config_for_layer(const config::Config& cfg, int layer) {
+  config::MixerConfig m = cfg.model().mixer();
+  for (const auto& o : cfg.model().mixer_overrides())
+    if (o.layer() == layer) m.MergeFrom(o.mixer());
+  return m;
 }
-
-}  // namespace
 
 std::unique_ptr<TokenMixer> make_token_mixer(const config::Config& cfg, int layer,
                                              const std::string& prefix, DType dtype) {
   const std::string pattern = resolved_layer_pattern(cfg);
   LINEA_CHECK(layer >= 0 && layer < static_cast<int>(pattern.size())) << "layer " << layer;
-  LINEA_USER_CHECK(pattern[layer] == 'L',
-                   "softmax-attention (N) layers come with the mixers work; use only L for now")
-      << "model.layer_pattern letter " << layer << " is '" << pattern[layer] << "'";
-  const auto& m = cfg.model().mixer();
+  MixerContext ctx;
+  ctx.prefix = prefix;
+  ctx.layer = layer;
+  ctx.num_layers = cfg.model().num_layers();
+  ctx.hidden = cfg.model().hidden_size();
+  ctx.norm_eps = cfg.model().norm_eps();
+  ctx.dtype = dtype;
+  if (pattern[layer] == 'N') return make_softmax_attention(ctx, cfg.model().attention());
+
+  const config::MixerConfig m = mixer_config_for_layer(cfg, layer);
   switch (m.kind()) {
-    case config::MixerConfig::LINEAR_ATTENTION: {
-      LinearAttentionOptions opt;
-      opt.hidden = cfg.model().hidden_size();
-      opt.heads = m.num_heads();
-      opt.head_dim = resolved_head_dim(cfg);
-      opt.chunk = m.chunk_size();
-      opt.feature_map = feature_map_of(m.feature_map());
-      opt.output_norm = m.output_norm();
-      opt.norm_eps = cfg.model().norm_eps();
-      return std::make_unique<LinearAttentionMixer>(prefix, opt, dtype);
-    }
+    case config::MixerConfig::LINEAR_ATTENTION:
+      return make_basic_linear_attention(ctx, m);
+    case config::MixerConfig::LIGHTNING:
+    case config::MixerConfig::RETNET:
+    case config::MixerConfig::MAMBA2:
+    case config::MixerConfig::SIMPLE_GLA:
+    case config::MixerConfig::GLA:
+    case config::MixerConfig::HGRN2:
+      return make_decay_mixer(ctx, m);
+    case config::MixerConfig::DELTANET:
+    case config::MixerConfig::GATED_DELTANET:
+      return make_delta_mixer(ctx, m);
+    case config::MixerConfig::GSA:
+      return make_gsa_mixer(ctx, m);
+    case config::MixerConfig::MOM:
+      return make_mom_mixer(ctx, m);
   }
   LINEA_USER_CHECK(false, "run `linea info mixers` for the supported kinds")
       << "model.mixer.kind " << static_cast<int>(m.kind()) << " is not supported";

@@ -1,0 +1,55 @@
+// The state-carrying step the linear mixers share: one call of a kernel family (gated linear
+// attention, or the delta rule) with its segment I/O. It saves what its backward needs, runs the
+// chunked kernels (or the recurrent reference when asked), and produces the final state and the
+// segment transition on request. Mixers own the projections, gates, norms around it.
+#pragma once
+
+#include "core/modules/mixers/segment.h"
+
+namespace linea {
+
+// S_t = diag(exp(gk_t)) S_{t-1} diag(exp(gv_t)) + k_t^T v_t,  o_t = scale q_t S_t
+// (kernels/gated_linear_attention.h; without gates this is basic linear attention).
+class GlaCore {
+ public:
+  explicit GlaCore(int64_t chunk) : chunk_(chunk) {}
+  // gk, gv may be undefined; s_in undefined = zero state. Writes *s_out and *tr when non-null.
+  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gk,
+                 const Tensor& gv, double scale, const Tensor& s_in, bool recurrent, Tensor* s_out,
+                 Transition* tr);
+  struct Grads {
+    Tensor dq, dk, dv, dgk, dgv, ds_in;  // dgk/dgv undefined when the gate was; ds_in when asked
+  };
+  // ds_out undefined = zero. Releases what the forward saved.
+  Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
+
+ private:
+  int64_t chunk_;
+  double scale_ = 1;
+  Tensor q_, k_, v_, gk_, gv_, s_in_;
+};
+
+// S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,  o_t = scale q_t S_t
+// (kernels/delta_rule.h; g undefined = DeltaNet).
+class DeltaCore {
+ public:
+  explicit DeltaCore(int64_t chunk) : chunk_(chunk) {}
+  Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                 const Tensor& beta, double scale, const Tensor& s_in, bool recurrent,
+                 Tensor* s_out, Transition* tr);
+  struct Grads {
+    Tensor dq, dk, dv, dg, dbeta, ds_in;
+  };
+  Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
+
+ private:
+  int64_t chunk_;
+  double scale_ = 1;
+  Tensor q_, k_, v_, g_, beta_, s_in_;
+};
+
+// The chunk used for a segment of T tokens: the configured chunk when it divides T, else T itself
+// when T is smaller (short evaluation sequences); anything else is a config error.
+int64_t effective_chunk(int64_t chunk, int64_t T);
+
+}  // namespace linea
