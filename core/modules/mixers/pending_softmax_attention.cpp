@@ -1,0 +1,14 @@
+// A family whose module is being written: its constructor fails with a clear message until the
+// family's own file lands, which deletes this one.
+#include "core/modules/mixers/mixer_factories.h"
+
+namespace linea {
+
+std::unique_ptr<TokenMixer> make_softmax_attention(const MixerContext&,
+                                                   const config::AttentionConfig&) {
+  LINEA_USER_CHECK(false, "run `linea info mixers` for the kinds this build supports")
+      << std::string("softmax attention (N layers)") << " is not available in this build yet";
+  return nullptr;
+}
+
+}  // namespace linea
