@@ -1,6 +1,5 @@
 #include "core/trainer/trainer.h"
 
-// ---- what the loop is made of ---------------------------------------------------------------
 #include <sys/resource.h>
 
 #include <chrono>
@@ -9,12 +8,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+// ---- what the loop is made of ---------------------------------------------------------------
 #include "core/config/config.h"     // validation and derived sizes
 #include "core/data/dataset.h"      // samples by global index, per-DP-rank slices
 #include "core/logging/log.h"       // rank-aware spdlog
 #include "core/model/model.h"       // forward + backward of the whole model
 #include "core/optim/adamw.h"       // AdamW, schedule, gradient clipping
 #include "kernels/elementwise.h"    // finiteness checks
+#include "kernels/sequence.h"       // this SP rank's shard of each sequence
 #include "parallel/grad_sync.h"     // gradient averaging over DP x SP
 #include "parallel/process_grid.h"  // DP x SP groups
 
@@ -59,7 +60,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       << dataset->vocab_size() - 1;
 
   const DType dtype = dtype_from_name(tc.dtype());
-  Model model(cfg, dtype);
+  Model model(cfg, dtype, &grid.sp());
   model.init(tc.seed());
   AdamW optimizer(model.parameters(), cfg.optimizer());
   spdlog::info("model: {} parameters, layers {} ({}), hidden {}, dtype {}", model.num_parameters(),
@@ -80,8 +81,12 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     std::vector<data::Batch> batches;
     double local_tokens = 0;
     for (int micro = 0; micro < accum; ++micro) {
-      batches.push_back(data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(),
-                                         tc.micro_batch_size()));
+      data::Batch full =
+          data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(), tc.micro_batch_size());
+      // Sequence parallelism: this rank keeps its contiguous shard of every sequence.
+      const int64_t shard = dataset->seq_len() / grid.sp().size(), s0 = grid.sp_rank() * shard;
+      batches.push_back({kernels::slice_time(full.inputs, s0, s0 + shard),
+                         kernels::slice_time(full.targets, s0, s0 + shard)});
       const Tensor& t = batches.back().targets;
       const int32_t* tp = t.data<int32_t>();
       for (int64_t i = 0; i < t.numel(); ++i) local_tokens += tp[i] >= 0;
