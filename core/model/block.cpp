@@ -14,8 +14,8 @@ Block::Block(const config::Config& cfg, int layer, DType dtype)
       mixer_(make_token_mixer(cfg, layer, layer_prefix(layer) + ".mixer", dtype)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(),
-           resolved_intermediate_size(cfg), dtype) {}
+      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(), resolved_intermediate_size(cfg),
+           dtype) {}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);
