@@ -6,11 +6,14 @@ cd "$(dirname "$0")/.."
 mapfile -t files < <(git ls-files -- '*.h' '*.cpp' '*.cu' '*.cuh' 2>/dev/null ||
   find core kernels parallel launch tests bench -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 if [ "${1:-}" = --check ]; then
-  bad=0
+  # One process for all files; only on failure look file by file to name them.
+  if clang-format --dry-run -Werror "${files[@]}" >/dev/null 2>&1; then
+    echo "all ${#files[@]} files formatted"
+    exit 0
+  fi
   for f in "${files[@]}"; do
-    if ! clang-format --dry-run -Werror "$f" >/dev/null 2>&1; then echo "not formatted: $f"; bad=1; fi
+    clang-format --dry-run -Werror "$f" >/dev/null 2>&1 || echo "not formatted: $f (run launch/format.sh)"
   done
-  [ $bad = 0 ] && echo "all ${#files[@]} files formatted"
-  exit $bad
+  exit 1
 fi
 clang-format -i "${files[@]}"

@@ -2,20 +2,21 @@
 //   linea train [--config FILE ...] [--set path=value ...]     train (under mpirun for many ranks)
 //   linea validate-config [--config FILE ...] [--set ...] [--world-size N]
 //   linea prepare-data --output FILE [--separator S] TEXT_FILE ...
+//   linea info mixers                                            every supported token mixer
 //   linea --version
 // Errors a user can cause print one "error:" paragraph (with a hint line) and exit 1.
 
 // ---- what the commands are made of -----------------------------------------------------------
-#include <CLI/CLI.hpp>          // argument parsing
-
+#include <CLI/CLI.hpp>  // argument parsing
 #include <cstdio>
 #include <iostream>
 
-#include "core/config/config.h"              // load, merge, override, validate
-#include "core/data/prepare.h"               // text -> token shard
-#include "core/logging/log.h"                // rank-aware logs
-#include "core/trainer/trainer.h"            // the training loop
-#include "parallel/mpi_communicator.h"       // MPI runtime and world communicator
+#include "core/config/config.h"                 // load, merge, override, validate
+#include "core/data/prepare.h"                  // text -> token shard
+#include "core/logging/log.h"                   // rank-aware logs
+#include "core/modules/mixers/mixer_catalog.h"  // `linea info mixers`
+#include "core/trainer/trainer.h"               // the training loop
+#include "parallel/mpi_communicator.h"          // MPI runtime and world communicator
 
 namespace {
 
@@ -36,9 +37,9 @@ int run_train(const ConfigArgs& args, int* argc, char*** argv) {
   try {
     linea::config::Config cfg = linea::load_config(args.files, args.sets);
     const auto& lc = cfg.logging();
-    linea::init_logging(world->rank(), lc.level(), lc.all_ranks(),
-                        cfg.train().output_dir() + "/logs/rank" + std::to_string(world->rank()) +
-                            ".log");
+    linea::init_logging(
+        world->rank(), lc.level(), lc.all_ranks(),
+        cfg.train().output_dir() + "/logs/rank" + std::to_string(world->rank()) + ".log");
     linea::train(cfg, *world);
     return 0;
   } catch (const std::exception& e) {
@@ -77,6 +78,10 @@ int main(int argc, char** argv) {
   prepare->add_option("--separator", separator,
                       "a line equal to this splits documents (default: one document per file)");
 
+  auto* info = app.add_subcommand("info", "describe what this build supports");
+  info->require_subcommand(1);
+  auto* info_mixers = info->add_subcommand("mixers", "every token mixer, one per line");
+
   CLI11_PARSE(app, argc, argv);
 
   if (train->parsed()) return run_train(train_args, &argc, &argv);
@@ -85,6 +90,11 @@ int main(int argc, char** argv) {
       linea::config::Config cfg = linea::load_config(validate_args.files, validate_args.sets);
       linea::validate_config(cfg, world_size);
       std::cout << linea::config_to_text(cfg);
+      return 0;
+    }
+    if (info_mixers->parsed()) {
+      for (const auto& m : linea::mixer_catalog())
+        std::cout << m.config << "  |  " << m.transition << "  |  " << m.paper << "\n";
       return 0;
     }
     if (prepare->parsed()) {

@@ -7,6 +7,19 @@
 //
 // Every call counts the bytes this rank sends, per collective kind (CommStats), so the trainer can
 // report communication per step.
+//
+// The byte rule (one rule for every backend, so numbers compare across MPI and NCCL): bytes_sent is
+// the payload of this rank that must reach other ranks, each destination counted once, as if the
+// collective were done with direct messages and no relaying. What the library really does inside
+// (trees, rings, fused steps) is deliberately not visible. With W = size():
+//   all_gather      in.nbytes() * (W - 1)
+//   reduce_scatter  out.nbytes() * (W - 1)          (its block of every other rank)
+//   all_reduce      2 * (W - 1) * t.nbytes() / W    (as reduce_scatter + all_gather, which is the
+//                                                    bandwidth-optimal schedule; integer division)
+//   all_to_all_v    rows sent to ranks other than this one * row bytes
+//   broadcast       t.nbytes() * (W - 1) on the root, 0 elsewhere
+//   send / recv     t.nbytes() for send, 0 for recv (both count as a kSendRecv call)
+// A group of one rank (SelfCommunicator) sends nothing and counts nothing; barrier counts nothing.
 #pragma once
 
 #include <array>
@@ -60,13 +73,19 @@ class Communicator {
   // in.numel() == size() * out.numel(); rank r gets the reduction of every rank's r-th block.
   virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::kSum) = 0;
   // Rows of `in` (leading dimension) go to ranks by send_counts (in rank order); `out` receives
-  // recv_counts rows from each rank, in rank order. Row width = in.numel() / in.dim(0).
-  virtual void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
-                            Tensor& out, const std::vector<int64_t>& recv_counts) = 0;
+  // recv_counts rows from each rank, in rank order. Row width = the product of the dims after
+  // the first (so a rank with no rows to send still passes a [0, ...] tensor).
+  virtual void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
+                            const std::vector<int64_t>& recv_counts) = 0;
   virtual void broadcast(Tensor& t, int root) = 0;
   virtual void send(const Tensor& t, int peer, int tag) = 0;
   virtual void recv(Tensor& t, int peer, int tag) = 0;
   virtual void barrier() = 0;
+
+  // A new group of the ranks of this one that pass the same color, ranked by key (ties by rank
+  // here). Collective over this group. A negative color means "in no group" and returns nullptr.
+  // The ProcessGrid builds its groups through this, so it works over any backend.
+  virtual std::unique_ptr<Communicator> split(int color, int key, std::string name) const = 0;
 
   const CommStats& stats() const { return stats_; }
   CommStats& stats() { return stats_; }
@@ -76,22 +95,25 @@ class Communicator {
 };
 
 // A group of one rank: every collective is a copy (or nothing). Used by single-process runs and
-// by tests that need no MPI.
+// by tests that need no MPI. It validates arguments like the real backends do (bf16 all_reduce
+// included), so a call that would fail on W ranks already fails on one.
 class SelfCommunicator final : public Communicator {
  public:
   explicit SelfCommunicator(std::string name = "self") : name_(std::move(name)) {}
   int rank() const override { return 0; }
   int size() const override { return 1; }
   const std::string& name() const override { return name_; }
-  void all_reduce(Tensor&, ReduceOp) override {}
+  void all_reduce(Tensor& t, ReduceOp op) override;
   void all_gather(const Tensor& in, Tensor& out) override;
   void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp) override;
   void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
                     const std::vector<int64_t>& recv_counts) override;
-  void broadcast(Tensor&, int) override {}
+  void broadcast(Tensor& t, int root) override;
+  // There is no other rank to talk to: both are errors.
   void send(const Tensor&, int peer, int) override;
   void recv(Tensor&, int peer, int) override;
   void barrier() override {}
+  std::unique_ptr<Communicator> split(int color, int key, std::string name) const override;
 
  private:
   std::string name_;

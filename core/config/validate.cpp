@@ -178,9 +178,6 @@ void validate_parallel(const config::Config& cfg, int world_size) {
           << static_cast<long long>(par.dp()) * par.sp() << ", not the world size " << world_size;
     }
   }
-  LINEA_USER_CHECK(par.sp() == 1,
-                   "set parallel.sp = 1; sequence parallelism comes with a later issue")
-      << "parallel.sp = " << par.sp() << ": sequence parallelism is not supported yet";
   LINEA_USER_CHECK(par.ep() == 1,
                    "set parallel.ep = 1; expert parallelism comes with a later issue")
       << "parallel.ep = " << par.ep() << ": expert parallelism is not supported yet";

@@ -3,9 +3,9 @@
 // <output_dir>/logs/rank<N>.log when a file is given.
 #pragma once
 
-#include <string>
-
 #include <spdlog/spdlog.h>
+
+#include <string>
 
 namespace linea {
 

@@ -2,20 +2,35 @@
 
 #include "core/config/config.h"
 #include "kernels/elementwise.h"
+#include "parallel/lasp2.h"
 
 namespace linea {
 namespace {
 std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); }
+
+// With sequence parallelism, linear mixers are wrapped in LASP-2 and softmax attention switches to
+// LASP-2H itself.
+std::unique_ptr<TokenMixer> sequence_parallel(std::unique_ptr<TokenMixer> mixer,
+                                              parallel::Communicator* sp, int layer) {
+  if (!sp || sp->size() == 1) return mixer;
+  if (mixer->num_states() > 0)
+    return std::make_unique<parallel::Lasp2Mixer>(std::move(mixer), *sp,
+                                                  layer_prefix(layer) + ".mixer");
+  LINEA_USER_CHECK(mixer->enable_sequence_parallel(*sp), "set parallel.sp = 1 for this model")
+      << "layer " << layer << "'s mixer does not support sequence parallelism";
+  return mixer;
+}
 }  // namespace
 
-Block::Block(const config::Config& cfg, int layer, DType dtype)
+Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp)
     : attn_norm_(layer_prefix(layer) + ".attn_norm", cfg.model().hidden_size(),
                  cfg.model().norm_eps(), dtype),
-      mixer_(make_token_mixer(cfg, layer, layer_prefix(layer) + ".mixer", dtype)),
+      mixer_(sequence_parallel(make_token_mixer(cfg, layer, layer_prefix(layer) + ".mixer", dtype),
+                               sp, layer)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(),
-           resolved_intermediate_size(cfg), dtype) {}
+      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(), resolved_intermediate_size(cfg),
+           dtype) {}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);

@@ -13,7 +13,8 @@ namespace linea {
 
 class Block {
  public:
-  Block(const config::Config& cfg, int layer, DType dtype);
+  // sp: the sequence-parallel group (null or size 1: no sequence parallelism).
+  Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp = nullptr);
   void init(uint64_t seed, double std, double out_std);
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);

@@ -21,7 +21,9 @@ struct LossStats {
 
 class Model {
  public:
-  Model(const config::Config& cfg, DType dtype);
+  // sp: the sequence-parallel group (null: none); batches then hold this rank's shard of every
+  // sequence.
+  Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp = nullptr);
   ~Model();
   // Initialises every parameter from `seed` (std = model.init_std; output projections scaled by
   // 1/sqrt(2 * num_layers)); identical on every rank.

@@ -8,9 +8,8 @@ Linear::Linear(const std::string& name, int64_t in, int64_t out, DType dtype)
     : weight_(make_parameter(name + ".weight", {out, in}, dtype, /*weight_decay=*/true)) {}
 
 Tensor Linear::forward(const Tensor& x) {
-  LINEA_CHECK(x.dim(-1) == in_features())
-      << weight_.name << ": input " << shape_str(x.shape()) << ", expected last dim "
-      << in_features();
+  LINEA_CHECK(x.dim(-1) == in_features()) << weight_.name << ": input " << shape_str(x.shape())
+                                          << ", expected last dim " << in_features();
   Shape ys = x.shape();
   ys.back() = out_features();
   Tensor y = Tensor::empty(ys, x.dtype());

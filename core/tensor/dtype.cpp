@@ -40,7 +40,8 @@ DType dtype_from_name(const std::string& name) {
   for (DType t : {DType::kF32, DType::kF64, DType::kBF16, DType::kI32, DType::kI64}) {
     if (name == dtype_name(t)) return t;
   }
-  LINEA_USER_CHECK(false, "use one of f32, f64, bf16, i32, i64") << "unknown dtype '" << name << "'";
+  LINEA_USER_CHECK(false, "use one of f32, f64, bf16, i32, i64")
+      << "unknown dtype '" << name << "'";
   return DType::kF32;
 }
 

@@ -1,23 +1,23 @@
 #include "core/trainer/trainer.h"
 
-// ---- what the loop is made of ---------------------------------------------------------------
-#include "core/config/config.h"    // validation and derived sizes
-#include "core/data/dataset.h"     // samples by global index, per-DP-rank slices
-#include "core/logging/log.h"      // rank-aware spdlog
-#include "core/model/model.h"      // forward + backward of the whole model
-#include "core/optim/adamw.h"      // AdamW, schedule, gradient clipping
-#include "kernels/elementwise.h"   // finiteness checks
-#include "parallel/grad_sync.h"    // gradient averaging over DP x SP
-#include "parallel/process_grid.h"  // DP x SP groups
-
 #include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
+
+// ---- what the loop is made of ---------------------------------------------------------------
+#include "core/config/config.h"     // validation and derived sizes
+#include "core/data/dataset.h"      // samples by global index, per-DP-rank slices
+#include "core/logging/log.h"       // rank-aware spdlog
+#include "core/model/model.h"       // forward + backward of the whole model
+#include "core/optim/adamw.h"       // AdamW, schedule, gradient clipping
+#include "kernels/elementwise.h"    // finiteness checks
+#include "kernels/sequence.h"       // this SP rank's shard of each sequence
+#include "parallel/grad_sync.h"     // gradient averaging over DP x SP
+#include "parallel/process_grid.h"  // DP x SP groups
 
 namespace linea {
 namespace {
@@ -60,12 +60,12 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       << dataset->vocab_size() - 1;
 
   const DType dtype = dtype_from_name(tc.dtype());
-  Model model(cfg, dtype);
+  Model model(cfg, dtype, &grid.sp());
   model.init(tc.seed());
   AdamW optimizer(model.parameters(), cfg.optimizer());
-  spdlog::info("model: {} parameters, layers {} ({}), hidden {}, dtype {}",
-               model.num_parameters(), cfg.model().num_layers(), resolved_layer_pattern(cfg),
-               cfg.model().hidden_size(), tc.dtype());
+  spdlog::info("model: {} parameters, layers {} ({}), hidden {}, dtype {}", model.num_parameters(),
+               cfg.model().num_layers(), resolved_layer_pattern(cfg), cfg.model().hidden_size(),
+               tc.dtype());
   spdlog::info("grid: world {} = dp {} x sp {}; global batch {} x {} tokens", world.size(), dp,
                cfg.parallel().sp(), int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp,
                dataset->seq_len());
@@ -81,8 +81,12 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     std::vector<data::Batch> batches;
     double local_tokens = 0;
     for (int micro = 0; micro < accum; ++micro) {
-      batches.push_back(data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(),
-                                         tc.micro_batch_size()));
+      data::Batch full =
+          data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(), tc.micro_batch_size());
+      // Sequence parallelism: this rank keeps its contiguous shard of every sequence.
+      const int64_t shard = dataset->seq_len() / grid.sp().size(), s0 = grid.sp_rank() * shard;
+      batches.push_back({kernels::slice_time(full.inputs, s0, s0 + shard),
+                         kernels::slice_time(full.targets, s0, s0 + shard)});
       const Tensor& t = batches.back().targets;
       const int32_t* tp = t.data<int32_t>();
       for (int64_t i = 0; i < t.numel(); ++i) local_tokens += tp[i] >= 0;
@@ -109,22 +113,24 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
 
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int64_t tokens =
-        int64_t(tc.micro_batch_size()) * accum * dp * dataset->seq_len();
-    const uint64_t comm =
-        total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats()) - bytes0;
-    const bool log_now = step == 0 || (step + 1) % cfg.logging().every_steps() == 0 ||
-                         step + 1 == tc.steps();
+    const int64_t tokens = int64_t(tc.micro_batch_size()) * accum * dp * dataset->seq_len();
+    const uint64_t comm = total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats()) - bytes0;
+    const bool log_now =
+        step == 0 || (step + 1) % cfg.logging().every_steps() == 0 || step + 1 == tc.steps();
     if (log_now) {
-      spdlog::info("step {:>5}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
-                   "{:.3f} s | comm {} B | rss {:.0f} MB",
-                   step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs, comm,
-                   peak_rss_mb());
+      spdlog::info(
+          "step {:>5}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
+          "{:.3f} s | comm {} B | rss {:.0f} MB",
+          step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs, comm, peak_rss_mb());
       if (leader) {
-        nlohmann::json j = {{"step", step + 1},          {"loss", loss},
-                            {"lr", lr},                  {"grad_norm", grad_norm},
-                            {"tokens_per_s", tokens / secs}, {"step_time_s", secs},
-                            {"tokens", tokens},          {"comm_bytes", comm},
+        nlohmann::json j = {{"step", step + 1},
+                            {"loss", loss},
+                            {"lr", lr},
+                            {"grad_norm", grad_norm},
+                            {"tokens_per_s", tokens / secs},
+                            {"step_time_s", secs},
+                            {"tokens", tokens},
+                            {"comm_bytes", comm},
                             {"peak_rss_mb", peak_rss_mb()}};
         metrics << j.dump() << "\n" << std::flush;
       }

@@ -4,6 +4,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh" "$@"
 "$LINEA" --version | grep -q '^linea ' || fail "--version"
 "$LINEA" validate-config | grep -q 'hidden_size: 64' || fail "embedded default does not resolve"
+[ "$("$LINEA" info mixers | wc -l)" -ge 18 ] || fail "info mixers lists too few kinds"
 
 expect_error "$LINEA" validate-config --set model.hidden_size=0; contains "$LAST_ERROR" "model.hidden_size"
 expect_error "$LINEA" validate-config --set model.mixer.num_heads=5; contains "$LAST_ERROR" "num_heads"

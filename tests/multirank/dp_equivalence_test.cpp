@@ -59,7 +59,8 @@ TEST(DataParallel, WRanksEqualOneRankWithWTimesTheBatch) {
     EXPECT_NEAR(dp.losses[s], accum.losses[s], 1e-10) << "step " << s;
   }
   EXPECT_LT(dp.losses.back(), dp.losses.front());
-  for (const char* n : {"dp", "big", "acc"}) std::filesystem::remove_all(temp_dir(n, world->rank()));
+  for (const char* n : {"dp", "big", "acc"})
+    std::filesystem::remove_all(temp_dir(n, world->rank()));
 }
 
 }  // namespace

@@ -48,8 +48,8 @@ void check_model_gradients(bool tied) {
   model.forward_backward(batch, 1.0);
   for (Parameter* p : model.parameters()) {
     Tensor analytic = p->grad.clone();
-    double err = testing::gradcheck(p->value, analytic,
-                                    [&] { return model.forward_loss(batch).loss_sum; }, 1e-6, 60);
+    double err = testing::gradcheck(
+        p->value, analytic, [&] { return model.forward_loss(batch).loss_sum; }, 1e-6, 60);
     EXPECT_LT(err, 1e-6) << p->name;
   }
 }

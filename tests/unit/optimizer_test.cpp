@@ -1,10 +1,9 @@
-#include "core/optim/adamw.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/modules/module.h"
+#include "core/optim/adamw.h"
 
 namespace linea {
 namespace {

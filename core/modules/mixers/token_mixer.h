@@ -17,6 +17,10 @@
 
 namespace linea {
 
+namespace parallel {
+class Communicator;
+}
+
 class TokenMixer {
  public:
   virtual ~TokenMixer() = default;
@@ -42,6 +46,11 @@ class TokenMixer {
   // Reference mode: the forward uses the token-by-token recurrent kernels (tests compare the
   // chunked backward with finite differences of this forward). Off by default.
   void set_recurrent_reference(bool on) { recurrent_reference_ = on; }
+
+  // Sequence parallelism for mixers that need more than states and a halo from earlier ranks
+  // (softmax attention: LASP-2H). Linear mixers return false: the model wraps them in
+  // parallel::Lasp2Mixer instead. `sp` is borrowed for the mixer's lifetime.
+  virtual bool enable_sequence_parallel(parallel::Communicator& sp) { return false; }
 
  protected:
   bool recurrent_reference_ = false;
