@@ -26,7 +26,10 @@
 //             dk = reduce_scatter_time(g.dk), dv = reduce_scatter_time(g.dv)  // sum over ranks
 //             dx = project_backward(g.dq, dk, dv);
 // forward_segment / backward_segment are the same steps with no communication (keys_start =
-// position_offset: the keys are the local ones).
+// position_offset: the keys are the local ones). The LASP-2H change overrides
+// TokenMixer::enable_sequence_parallel (until then it returns false, so parallel.sp > 1 with an N
+// layer fails with a clear message), keeps the communicator, sets position_offset = rank * T_l in
+// forward_segment and puts the collectives above between the steps.
 //
 // Recurrent-reference mode: attend() computes the attention with a naive loop over (query, key)
 // pairs written in this module, independent of kernels/softmax_attention.h, so the mixer checks
