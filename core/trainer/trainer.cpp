@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -28,9 +29,12 @@ double peak_rss_mb() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
-uint64_t total_bytes(const parallel::CommStats& s) {
-  uint64_t b = 0;
-  for (uint64_t x : s.bytes_sent) b += x;
+// Bytes this rank sent per collective kind, over every group of the grid.
+std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_bytes(
+    const parallel::ProcessGrid& grid) {
+  std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> b{};
+  for (const parallel::Communicator* c : {&grid.world(), &grid.dp(), &grid.sp(), &grid.dp_sp()})
+    for (size_t k = 0; k < b.size(); ++k) b[k] += c->stats().bytes_sent[k];
   return b;
 }
 
@@ -75,7 +79,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const int accum = tc.grad_accum_steps();
   for (int64_t step = 0; step < tc.steps(); ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    const uint64_t bytes0 = total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats());
+    const auto bytes0 = sent_bytes(grid);
     model.zero_grad();
 
     std::vector<data::Batch> batches;
@@ -114,14 +118,27 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t tokens = int64_t(tc.micro_batch_size()) * accum * dp * dataset->seq_len();
-    const uint64_t comm = total_bytes(world.stats()) + total_bytes(grid.dp_sp().stats()) - bytes0;
+    // Bytes sent this step, per collective kind (all-gather: LASP-2 states; all-reduce: gradients).
+    const auto bytes1 = sent_bytes(grid);
+    nlohmann::json comm_kinds = nlohmann::json::object();
+    uint64_t comm = 0;
+    std::string comm_text;
+    for (size_t k = 0; k < bytes1.size(); ++k) {
+      const uint64_t d = bytes1[k] - bytes0[k];
+      comm += d;
+      if (d == 0) continue;
+      const char* name = parallel::collective_name(static_cast<parallel::CollectiveKind>(k));
+      comm_kinds[name] = d;
+      comm_text += fmt::format(" {} {}", name, d);
+    }
     const bool log_now =
         step == 0 || (step + 1) % cfg.logging().every_steps() == 0 || step + 1 == tc.steps();
     if (log_now) {
       spdlog::info(
           "step {:>5}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
-          "{:.3f} s | comm {} B | rss {:.0f} MB",
-          step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs, comm, peak_rss_mb());
+          "{:.3f} s | sent B:{} | rss {:.0f} MB",
+          step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs,
+          comm_text.empty() ? " 0" : comm_text, peak_rss_mb());
       if (leader) {
         nlohmann::json j = {{"step", step + 1},
                             {"loss", loss},
@@ -131,6 +148,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                             {"step_time_s", secs},
                             {"tokens", tokens},
                             {"comm_bytes", comm},
+                            {"comm_bytes_by_kind", comm_kinds},
                             {"peak_rss_mb", peak_rss_mb()}};
         metrics << j.dump() << "\n" << std::flush;
       }

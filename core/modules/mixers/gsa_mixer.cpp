@@ -1,0 +1,312 @@
+#include "core/modules/mixers/gsa_mixer.h"
+
+#include <cmath>
+
+#include "kernels/elementwise.h"
+#include "kernels/sequence.h"
+#include "kernels/short_conv.h"
+#include "kernels/swiglu.h"
+
+namespace linea {
+namespace {
+
+// Element-wise maps over float tensors of one shape, evaluated in double.
+template <typename F>
+Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype());
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = a.data<T>();
+    const T* pb = b.defined() ? b.data<T>() : nullptr;
+    const T* pc = c.defined() ? c.data<T>() : nullptr;
+    T* py = y.data<T>();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i)
+      py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
+  };
+  if (a.dtype() == DType::kF32)
+    run(float{});
+  else
+    run(double{});
+  return y;
+}
+
+double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+// log(sigmoid(x)) = -softplus(-x), without overflow for either sign.
+double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
+double silu(double x) { return x * sigmoid(x); }
+double silu_grad(double x) {
+  const double s = sigmoid(x);
+  return s * (1 + x * (1 - s));
+}
+
+// Softmax over the last dimension; p * (dp - sum(p dp)) for the backward.
+Tensor softmax_last(const Tensor& s) {
+  Tensor p = Tensor::empty(s.shape(), s.dtype());
+  const int64_t n = s.dim(-1), rows = s.numel() / n;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* ps = s.data<T>();
+    T* pp = p.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      double mx = ps[r * n];
+      for (int64_t j = 1; j < n; ++j) mx = std::max(mx, double(ps[r * n + j]));
+      double z = 0;
+      for (int64_t j = 0; j < n; ++j) z += std::exp(double(ps[r * n + j]) - mx);
+      for (int64_t j = 0; j < n; ++j) pp[r * n + j] = T(std::exp(double(ps[r * n + j]) - mx) / z);
+    }
+  };
+  if (s.dtype() == DType::kF32)
+    run(float{});
+  else
+    run(double{});
+  return p;
+}
+
+Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
+  Tensor ds = Tensor::empty(p.shape(), p.dtype());
+  const int64_t n = p.dim(-1), rows = p.numel() / n;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* pp = p.data<T>();
+    const T* pd = dp.data<T>();
+    T* po = ds.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      double dot = 0;
+      for (int64_t j = 0; j < n; ++j) dot += double(pp[r * n + j]) * pd[r * n + j];
+      for (int64_t j = 0; j < n; ++j)
+        po[r * n + j] = T(double(pp[r * n + j]) * (double(pd[r * n + j]) - dot));
+    }
+  };
+  if (p.dtype() == DType::kF32)
+    run(float{});
+  else
+    run(double{});
+  return ds;
+}
+
+// Causal depthwise conv + SiLU over [halo; x] projections; the halo rows' outputs are dropped.
+Tensor conv_forward(const Tensor& xp_ext, const Parameter& w, int64_t halo) {
+  Tensor y = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
+  kernels::short_conv_forward(xp_ext, w.value, /*silu=*/true, y);
+  return kernels::slice_time(y, halo, xp_ext.dim(1));
+}
+
+// The dropped rows receive no gradient; returns the gradient of the [halo; x] projections.
+Tensor conv_backward(const Tensor& xp_ext, Parameter& w, int64_t halo, const Tensor& dy) {
+  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
+  Tensor dx = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
+  kernels::short_conv_backward(xp_ext, w.value, /*silu=*/true, kernels::concat_time(pad, dy), dx,
+                               w.grad);
+  return dx;
+}
+
+int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
+  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
+      << "model.mixer.num_heads is " << m.num_heads();
+  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
+                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
+      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
+  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
+}
+
+int64_t slots_of(const config::MixerConfig& m) {
+  LINEA_USER_CHECK(m.num_slots() > 0, "set model.mixer.num_slots > 0 (GSA memory slots per head)")
+      << "model.mixer.num_slots is " << m.num_slots();
+  return m.num_slots();
+}
+
+// GSA's damping tau: the paper (and fla's layer) use 8; an explicit model.mixer.
+// gate_logit_normalizer overrides it (its proto default, 16, belongs to GLA).
+double gsa_gate_normalizer(const config::MixerConfig& m) {
+  const double tau = m.has_gate_logit_normalizer() ? m.gate_logit_normalizer() : 8.0;
+  LINEA_USER_CHECK(tau > 0, "set model.mixer.gate_logit_normalizer > 0 (GSA's tau, default 8)")
+      << "model.mixer.gate_logit_normalizer is " << tau;
+  return tau;
+}
+
+}  // namespace
+
+GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::MixerConfig& m)
+    : heads_(m.num_heads()),
+      dk_(head_dim_of(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
+      slots_(slots_of(m)),
+      gate_norm_(gsa_gate_normalizer(m)),
+      conv_size_(m.short_conv() == config::MixerConfig::ON ? m.conv_size() : 0),
+      q_proj_(ctx.prefix + ".q_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
+      k_proj_(ctx.prefix + ".k_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
+      v_proj_(ctx.prefix + ".v_proj", ctx.hidden, heads_ * dv_, ctx.dtype),
+      f_proj_(ctx.prefix + ".f_proj", ctx.hidden, heads_ * slots_, ctx.dtype),
+      o_proj_(ctx.prefix + ".o_proj", heads_ * dv_, ctx.hidden, ctx.dtype),
+      keys_(m.chunk_size()),
+      values_(m.chunk_size()) {
+  if (conv_size_ > 0) {
+    LINEA_USER_CHECK(conv_size_ >= 2, "set model.mixer.conv_size >= 2 or short_conv: OFF")
+        << "model.mixer.conv_size is " << conv_size_;
+    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
+                             true);
+    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
+                             true);
+    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
+                             true);
+  }
+  if (m.output_gate() != config::MixerConfig::OFF)
+    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+  if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
+}
+
+void GatedSlotAttention::init(uint64_t seed, double std, double out_std) {
+  init_normal(q_proj_.weight(), seed, std);
+  init_normal(k_proj_.weight(), seed, std);
+  init_normal(v_proj_.weight(), seed, std);
+  init_normal(f_proj_.weight(), seed, std);
+  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  init_normal(o_proj_.weight(), seed, out_std);
+  // PyTorch's Conv1d default (uniform with bound 1/sqrt(K), std 1/sqrt(3K)): a conv at the
+  // projections' std would shrink q, k, v by ~std.
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+}
+
+void GatedSlotAttention::collect(ParameterList& out) {
+  q_proj_.collect(out);
+  k_proj_.collect(out);
+  v_proj_.collect(out);
+  f_proj_.collect(out);
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) out.push_back(&**c);
+  if (g_proj_) g_proj_->collect(out);
+  if (o_norm_) o_norm_->collect(out);
+  o_proj_.collect(out);
+}
+
+Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
+  const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
+  T_ = T;
+  // Input side: projections (through the short conv over [halo; x] when it is on), then swish.
+  Tensor q_pre, k_pre, v_pre;
+  if (halo > 0) {
+    const Tensor h = in.halo.defined() ? in.halo : Tensor::zeros({B, halo, x.dim(2)}, x.dtype());
+    const Tensor x_ext = kernels::concat_time(h, x);
+    qp_ = q_proj_.forward(x_ext);
+    kp_ = k_proj_.forward(x_ext);
+    vp_ = v_proj_.forward(x_ext);
+    q_pre = conv_forward(qp_, *q_conv_, halo);
+    k_pre = conv_forward(kp_, *k_conv_, halo);
+    v_pre = conv_forward(vp_, *v_conv_, halo);
+  } else {
+    q_pre = q_proj_.forward(x);
+    k_pre = k_proj_.forward(x);
+    v_pre = v_proj_.forward(x);
+  }
+  q_pre_ = q_pre.view({B, T, heads_, dk_});
+  k_pre_ = k_pre.view({B, T, heads_, dk_});
+  v_pre_ = v_pre.view({B, T, heads_, dv_});
+  auto swish = [](double a, double, double) { return silu(a); };
+  const Tensor q = map_floats(q_pre_, Tensor(), Tensor(), swish);
+  const Tensor k = map_floats(k_pre_, Tensor(), Tensor(), swish);
+  const Tensor v = map_floats(v_pre_, Tensor(), Tensor(), swish);
+
+  // Slot gates: log alpha in log space; 1 - alpha = -expm1(log alpha) keeps precision near 0.
+  const double tau = gate_norm_;
+  f_ = f_proj_.forward(x).view({B, T, heads_, slots_});
+  log_alpha_ = map_floats(f_, Tensor(), Tensor(),
+                          [tau](double f, double, double) { return log_sigmoid(f) / tau; });
+  const Tensor one_minus_alpha = map_floats(
+      log_alpha_, Tensor(), Tensor(), [](double la, double, double) { return -std::expm1(la); });
+
+  const Tensor s_in_k = in.states.size() > 0 ? in.states[0] : Tensor();
+  const Tensor s_in_v = in.states.size() > 1 ? in.states[1] : Tensor();
+  Tensor s_out_k, s_out_v;
+  Transition tr_k, tr_v;
+  const Tensor scores =
+      keys_.forward(q, k, one_minus_alpha, Tensor(), log_alpha_, 1.0 / std::sqrt(double(dk_)),
+                    s_in_k, recurrent_reference_, out ? &s_out_k : nullptr, out ? &tr_k : nullptr);
+  p_ = softmax_last(scores);
+  Tensor o = values_.forward(p_, one_minus_alpha, v, log_alpha_, Tensor(), 1.0, s_in_v,
+                             recurrent_reference_, out ? &s_out_v : nullptr, out ? &tr_v : nullptr);
+  if (out) {
+    out->final_states = {s_out_k, s_out_v};
+    out->transitions = {tr_k, tr_v};
+  }
+
+  // Output side: per-head norm, swish output gate, projection.
+  if (o_norm_) o = o_norm_->forward(o);
+  if (g_proj_) {
+    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
+    o_normed_ = o;
+    o = Tensor::empty(o.shape(), o.dtype());
+    kernels::swiglu_forward(g_, o_normed_, o);
+  }
+  return o_proj_.forward(o.view({B, T, heads_ * dv_}));
+}
+
+Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradIn& in,
+                                            SegmentGradOut* out) {
+  const int64_t B = dy.dim(0), T = T_, halo = halo_size();
+  Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
+  Tensor dx;
+  if (g_proj_) {
+    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
+    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
+    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
+    dx = g_proj_->backward(dg.view({B, T, heads_ * dv_}));
+    d_o = dn;
+    g_ = o_normed_ = Tensor();
+  }
+  if (o_norm_) d_o = o_norm_->backward(d_o);
+
+  const Tensor ds_out_k = in.d_final_states.size() > 0 ? in.d_final_states[0] : Tensor();
+  const Tensor ds_out_v = in.d_final_states.size() > 1 ? in.d_final_states[1] : Tensor();
+  // Pass 2, then the softmax, then pass 1: dp is the gradient of pass 2's query.
+  GlaCore::Grads gv = values_.backward(d_o, ds_out_v, out != nullptr);
+  const Tensor d_scores = softmax_last_backward(p_, gv.dq);
+  GlaCore::Grads gk = keys_.backward(d_scores, ds_out_k, out != nullptr);
+  if (out) out->d_states = {gk.ds_in, gv.ds_in};
+  p_ = Tensor();
+
+  // 1 - alpha is pass 1's value and pass 2's key; log alpha is both passes' decay.
+  const double tau = gate_norm_;
+  Tensor d_la = gk.dgv;
+  kernels::add_inplace(d_la, gv.dgk);
+  Tensor d_one_minus = gk.dv;
+  kernels::add_inplace(d_one_minus, gv.dk);
+  d_la = map_floats(log_alpha_, d_la, d_one_minus,
+                    [](double la, double dla, double ds) { return dla - std::exp(la) * ds; });
+  const Tensor df = map_floats(f_, d_la, Tensor(), [tau](double f, double d, double) {
+    return d * sigmoid(-f) / tau;  // d logsigmoid(f) / df = sigmoid(-f)
+  });
+  log_alpha_ = f_ = Tensor();
+  Tensor dx_f = f_proj_.backward(df.view({B, T, heads_ * slots_}));
+  if (dx.defined())
+    kernels::add_inplace(dx, dx_f);
+  else
+    dx = dx_f;
+
+  auto swish_back = [](double a, double d, double) { return d * silu_grad(a); };
+  const Tensor dq = map_floats(q_pre_, gk.dq, Tensor(), swish_back);
+  const Tensor dk = map_floats(k_pre_, gk.dk, Tensor(), swish_back);
+  const Tensor dv = map_floats(v_pre_, gv.dv, Tensor(), swish_back);
+  q_pre_ = k_pre_ = v_pre_ = Tensor();
+  if (halo > 0) {
+    Tensor dx_ext = q_proj_.backward(conv_backward(qp_, *q_conv_, halo, dq.view({B, T, -1})));
+    kernels::add_inplace(dx_ext,
+                         k_proj_.backward(conv_backward(kp_, *k_conv_, halo, dk.view({B, T, -1}))));
+    kernels::add_inplace(dx_ext,
+                         v_proj_.backward(conv_backward(vp_, *v_conv_, halo, dv.view({B, T, -1}))));
+    qp_ = kp_ = vp_ = Tensor();
+    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
+    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
+  } else {
+    kernels::add_inplace(dx, q_proj_.backward(dq.view({B, T, heads_ * dk_})));
+    kernels::add_inplace(dx, k_proj_.backward(dk.view({B, T, heads_ * dk_})));
+    kernels::add_inplace(dx, v_proj_.backward(dv.view({B, T, heads_ * dv_})));
+  }
+  return dx;
+}
+
+std::unique_ptr<TokenMixer> make_gsa_mixer(const MixerContext& ctx, const config::MixerConfig& m) {
+  return std::make_unique<GatedSlotAttention>(ctx, m);
+}
+
+}  // namespace linea

@@ -1,0 +1,700 @@
+#include "core/modules/mixers/mom_mixer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/modules/mixers/state_core.h"
+#include "kernels/elementwise.h"
+#include "kernels/l2norm.h"
+#include "kernels/sequence.h"
+#include "kernels/short_conv.h"
+#include "kernels/swiglu.h"
+
+namespace linea {
+
+using MC = config::MixerConfig;
+
+namespace {
+
+constexpr double kL2Eps = 1e-6;  // fla's l2norm inside the gated delta rule kernels
+
+template <typename F>
+void dispatch_float(DType dt, F&& f) {
+  if (dt == DType::kF32)
+    f(float{});
+  else
+    f(double{});
+}
+
+// y = f(a, b, c) element-wise in double over tensors of one shape (b, c may be undefined).
+template <typename F>
+Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype());
+  dispatch_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = a.data<T>();
+    const T* pb = b.defined() ? b.data<T>() : nullptr;
+    const T* pc = c.defined() ? c.data<T>() : nullptr;
+    T* py = y.data<T>();
+    for (int64_t i = 0, n = a.numel(); i < n; ++i)
+      py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
+  });
+  return y;
+}
+
+double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+// log(sigmoid(x)) = -softplus(-x) and softplus(x) = log(1 + e^x), without overflow.
+double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
+double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
+double silu(double x) { return x * sigmoid(x); }
+double silu_grad(double x) {
+  const double s = sigmoid(x);
+  return s * (1 + x * (1 - s));
+}
+
+// act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
+// rows' outputs dropped, or SiLU alone (no conv, no halo).
+Tensor activate(const Tensor& p_ext, const Parameter* conv, int64_t halo) {
+  if (!conv)
+    return map_floats(p_ext, Tensor(), Tensor(), [](double a, double, double) { return silu(a); });
+  Tensor y = Tensor::empty(p_ext.shape(), p_ext.dtype());
+  kernels::short_conv_forward(p_ext, conv->value, /*silu=*/true, y);
+  return kernels::slice_time(y, halo, p_ext.dim(1));
+}
+
+// The gradient of the projections of [halo; x] given that of act's output [B, T, C].
+Tensor activate_backward(const Tensor& p_ext, Parameter* conv, int64_t halo, const Tensor& dy) {
+  if (!conv)
+    return map_floats(p_ext, dy, Tensor(),
+                      [](double a, double d, double) { return d * silu_grad(a); });
+  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
+  Tensor dp = Tensor::empty(p_ext.shape(), p_ext.dtype());
+  kernels::short_conv_backward(p_ext, conv->value, /*silu=*/true, kernels::concat_time(pad, dy), dp,
+                               conv->grad);
+  return dp;
+}
+
+// compact[b, i] = full[b, rows[b][i]] for the routed tokens, zero in the padding.
+Tensor gather_time(const Tensor& full, const MemoryRoute& r) {
+  Shape s = full.shape();
+  const int64_t T = s[1];
+  s[1] = r.length;
+  Tensor out = Tensor::zeros(s, full.dtype());
+  const size_t row = full.nbytes() / static_cast<size_t>(full.dim(0) * T);
+  const char* src = static_cast<const char*>(full.raw());
+  char* dst = static_cast<char*>(out.raw());
+  for (size_t b = 0; b < r.rows.size(); ++b)
+    for (size_t i = 0; i < r.rows[b].size(); ++i)
+      std::memcpy(dst + (b * r.length + i) * row, src + (b * T + r.rows[b][i]) * row, row);
+  return out;
+}
+
+// The adjoint of gather_time: full[b, rows[b][i]] = compact[b, i], zero at tokens not routed.
+Tensor scatter_time(const Tensor& compact, const MemoryRoute& r, int64_t T) {
+  Shape s = compact.shape();
+  s[1] = T;
+  Tensor out = Tensor::zeros(s, compact.dtype());
+  const size_t row = compact.nbytes() / static_cast<size_t>(compact.dim(0) * r.length);
+  const char* src = static_cast<const char*>(compact.raw());
+  char* dst = static_cast<char*>(out.raw());
+  for (size_t b = 0; b < r.rows.size(); ++b)
+    for (size_t i = 0; i < r.rows[b].size(); ++i)
+      std::memcpy(dst + (b * T + r.rows[b][i]) * row, src + (b * r.length + i) * row, row);
+  return out;
+}
+
+// The compact length: every row's tokens fit, and the chunked kernels accept it (a multiple of
+// the chunk when longer than one chunk). A memory nobody chose still runs one padded (identity)
+// step, so its state and transition come out of the same code path.
+int64_t padded_length(int64_t n, int64_t chunk) {
+  if (n <= chunk) return std::max<int64_t>(n, 1);
+  return (n + chunk - 1) / chunk * chunk;
+}
+
+int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
+  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
+      << "model.mixer.num_heads is " << m.num_heads();
+  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
+                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
+      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
+  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
+}
+
+int64_t value_dim_of(const MixerContext& ctx, const MC& m) {
+  if (m.value_dim() > 0) return m.value_dim();
+  const int64_t dv = std::llround(head_dim_of(ctx, m) * m.expand_v());
+  LINEA_USER_CHECK(dv > 0, "set model.mixer.expand_v (or value_dim) to give a positive width")
+      << "value width " << dv;
+  return dv;
+}
+
+MC::Kind memory_kind_of(const MC& m) {
+  const MC::Kind k = m.memory_kind();
+  LINEA_USER_CHECK(k == MC::GATED_DELTANET || k == MC::DELTANET || k == MC::GLA ||
+                       k == MC::SIMPLE_GLA || k == MC::LINEAR_ATTENTION,
+                   "use GATED_DELTANET, DELTANET, GLA, SIMPLE_GLA or LINEAR_ATTENTION")
+      << "model.mixer.memory_kind " << MC::Kind_Name(k) << " cannot be a memory of MOM";
+  return k;
+}
+
+bool is_delta(MC::Kind k) { return k == MC::GATED_DELTANET || k == MC::DELTANET; }
+
+// Adds sum over every leading index of x [..., H] to grad [H].
+void accumulate_per_head(const Tensor& x, Tensor& grad) {
+  const int64_t H = grad.numel(), rows = x.numel() / H;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    T* pg = grad.data<T>();
+    for (int64_t h = 0; h < H; ++h) {
+      double s = 0;
+      for (int64_t r = 0; r < rows; ++r) s += px[r * H + h];
+      pg[h] += static_cast<T>(s);
+    }
+  });
+}
+
+}  // namespace
+
+// One memory: its key/value projections, the gate and beta projections of its kind, and its state
+// core, run on the compact subsequence of the tokens routed to it.
+class MomMemory {
+ public:
+  // What the memories of one layer share (owned by the mixer); null where not used.
+  struct Shared {
+    int64_t halo = 0;
+    Parameter* k_conv = nullptr;
+    Parameter* v_conv = nullptr;
+    Parameter* a_log = nullptr;
+    Parameter* dt_bias = nullptr;
+  };
+  struct Grads {
+    Tensor dq;      // [B, T, H, dk], zero at tokens not routed
+    Tensor dx_ext;  // gradient of [halo; x] through the k and v projections
+    Tensor dx;      // gradient of x through the gate projections (undefined: none)
+    Tensor ds_in;
+  };
+
+  // index < 0: the shared memory (fla's shared_* names).
+  MomMemory(const MixerContext& ctx, const MC& m, MC::Kind kind, int index, int64_t heads,
+            int64_t dk, int64_t dv)
+      : kind_(kind),
+        heads_(heads),
+        dk_(dk),
+        dv_(dv),
+        neg_eigval_(m.allow_neg_eigval()),
+        gate_norm_(m.gate_logit_normalizer()),
+        k_proj_(name(ctx, index, "k"), ctx.hidden, heads * dk, ctx.dtype),
+        v_proj_(name(ctx, index, "v"), ctx.hidden, heads * dv, ctx.dtype),
+        delta_(m.chunk_size()),
+        gla_(m.chunk_size()) {
+    if (is_delta(kind)) b_proj_.emplace(name(ctx, index, "b"), ctx.hidden, heads, ctx.dtype);
+    if (kind == MC::GATED_DELTANET)
+      a_proj_.emplace(name(ctx, index, "a"), ctx.hidden, heads, ctx.dtype);
+    if (kind == MC::SIMPLE_GLA)
+      gk_proj_.emplace(name(ctx, index, "gk"), ctx.hidden, heads, ctx.dtype);
+    if (kind == MC::GLA) {
+      // GLA's low-rank gate: x W1 W2 + b (fla: gk_proj = Sequential(Linear(D, r), Linear(r, .))).
+      const std::string base = name(ctx, index, "gk");
+      gk_proj_.emplace(base + ".0", ctx.hidden, m.gate_low_rank(), ctx.dtype);
+      gk_up_.emplace(base + ".1", m.gate_low_rank(), heads * dk, ctx.dtype);
+      gk_bias_ = make_parameter(base + ".1.bias", {heads * dk}, ctx.dtype, false);
+    }
+  }
+
+  void init(uint64_t seed, double std) {
+    for (Linear* l : {&k_proj_, &v_proj_}) init_normal(l->weight(), seed, std);
+    for (auto* l : {&b_proj_, &a_proj_, &gk_proj_, &gk_up_})
+      if (*l) init_normal((*l)->weight(), seed, std);
+    if (gk_bias_) init_constant(*gk_bias_, 0.0);  // fla's GLA: zero bias
+  }
+
+  void collect(ParameterList& out) {
+    k_proj_.collect(out);
+    v_proj_.collect(out);
+    for (auto* l : {&b_proj_, &a_proj_, &gk_proj_, &gk_up_})
+      if (*l) (*l)->collect(out);
+    if (gk_bias_) out.push_back(&*gk_bias_);
+  }
+
+  // x_ext = [halo; x]; q [B, T, H, dk] is the shared query (already normalised for delta kinds).
+  // Returns the compact outputs [B, route.length, H, dv].
+  Tensor forward(const Tensor& x_ext, const Tensor& x, const Tensor& q, const MemoryRoute& route,
+                 const Shared& sh, const Tensor& s_in, bool recurrent, Tensor* s_out,
+                 Transition* tr) {
+    const int64_t B = x.dim(0), T = x.dim(1);
+    T_ = T;
+    route_ = route;
+    kp_ = k_proj_.forward(x_ext);
+    vp_ = v_proj_.forward(x_ext);
+    Tensor k = gather_time(activate(kp_, sh.k_conv, sh.halo).view({B, T, heads_, dk_}), route);
+    const Tensor v =
+        gather_time(activate(vp_, sh.v_conv, sh.halo).view({B, T, heads_, dv_}), route);
+    const Tensor qc = gather_time(q, route);
+    const double scale = 1.0 / std::sqrt(double(dk_));
+
+    if (is_delta(kind_)) {
+      k_c_ = k;
+      k_rstd_ = Tensor::empty({B, route.length, heads_}, k.dtype());
+      k = Tensor::empty(k_c_.shape(), k_c_.dtype());
+      kernels::l2norm_forward(k_c_, kL2Eps, k, k_rstd_);
+      b_pre_ = b_proj_->forward(x);
+      const double c = neg_eigval_ ? 2.0 : 1.0;  // beta in (0, 2) allows negative eigenvalues
+      const Tensor beta =
+          gather_time(map_floats(b_pre_, Tensor(), Tensor(),
+                                 [c](double b, double, double) { return c * sigmoid(b); }),
+                      route);
+      Tensor g;
+      if (kind_ == MC::GATED_DELTANET) {
+        a_pre_ = a_proj_->forward(x);
+        g_ = gdn_gate(a_pre_, sh);
+        g = gather_time(g_, route);
+      }
+      return delta_.forward(qc, k, v, g, beta, scale, s_in, recurrent, s_out, tr);
+    }
+
+    Tensor gk;
+    const double norm = gate_norm_;
+    auto log_gate = [norm](double p, double, double) { return log_sigmoid(p) / norm; };
+    if (kind_ == MC::SIMPLE_GLA) {
+      gk_pre_ = gk_proj_->forward(x);  // [B, T, H]: one scalar decay per head
+      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
+    } else if (kind_ == MC::GLA) {
+      const Tensor hidden = gk_proj_->forward(x);
+      gk_pre_ = gk_up_->forward(hidden).view({B, T, heads_, dk_});
+      const int64_t n = heads_ * dk_;
+      dispatch_float(gk_pre_.dtype(), [&](auto tag) {
+        using Tp = decltype(tag);
+        Tp* p = gk_pre_.data<Tp>();
+        const Tp* bias = gk_bias_->value.data<Tp>();
+        for (int64_t i = 0; i < gk_pre_.numel(); ++i) p[i] += bias[i % n];
+      });
+      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
+    }
+    return gla_.forward(qc, k, v, gk, Tensor(), scale, s_in, recurrent, s_out, tr);
+  }
+
+  Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in, const Shared& sh) {
+    const int64_t B = d_o.dim(0), T = T_;
+    Grads out;
+    Tensor dqc, dkc, dvc, dgc, dbc;
+    if (is_delta(kind_)) {
+      DeltaCore::Grads g = delta_.backward(d_o, ds_out, want_ds_in);
+      dqc = g.dq;
+      dkc = Tensor::empty(k_c_.shape(), k_c_.dtype());
+      kernels::l2norm_backward(k_c_, k_rstd_, g.dk, dkc);
+      dvc = g.dv;
+      dgc = g.dg;
+      dbc = g.dbeta;
+      out.ds_in = g.ds_in;
+      k_c_ = k_rstd_ = Tensor();
+    } else {
+      GlaCore::Grads g = gla_.backward(d_o, ds_out, want_ds_in);
+      dqc = g.dq;
+      dkc = g.dk;
+      dvc = g.dv;
+      dgc = g.dgk;
+      out.ds_in = g.ds_in;
+    }
+    out.dq = scatter_time(dqc, route_, T);
+    const Tensor dk = scatter_time(dkc, route_, T).view({B, T, heads_ * dk_});
+    const Tensor dv = scatter_time(dvc, route_, T).view({B, T, heads_ * dv_});
+    out.dx_ext = k_proj_.backward(activate_backward(kp_, sh.k_conv, sh.halo, dk));
+    kernels::add_inplace(out.dx_ext,
+                         v_proj_.backward(activate_backward(vp_, sh.v_conv, sh.halo, dv)));
+    kp_ = vp_ = Tensor();
+
+    auto add_dx = [&out](const Tensor& d) {
+      if (out.dx.defined())
+        kernels::add_inplace(out.dx, d);
+      else
+        out.dx = d;
+    };
+    if (is_delta(kind_)) {
+      const double c = neg_eigval_ ? 2.0 : 1.0;
+      const Tensor db = map_floats(b_pre_, scatter_time(dbc, route_, T), Tensor(),
+                                   [c](double b, double d, double) {
+                                     const double s = sigmoid(b);
+                                     return d * c * s * (1 - s);
+                                   });
+      add_dx(b_proj_->backward(db));
+      b_pre_ = Tensor();
+      if (kind_ == MC::GATED_DELTANET) {
+        add_dx(a_proj_->backward(gdn_gate_backward(scatter_time(dgc, route_, T), sh)));
+        a_pre_ = g_ = Tensor();
+      }
+    } else if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
+      const double norm = gate_norm_;
+      const Tensor dpre = map_floats(gk_pre_, scatter_time(dgc, route_, T), Tensor(),
+                                     [norm](double p, double d, double) {
+                                       return d * sigmoid(-p) / norm;  // d logsigmoid(p) / dp
+                                     });
+      gk_pre_ = Tensor();
+      if (kind_ == MC::SIMPLE_GLA) {
+        add_dx(gk_proj_->backward(dpre));
+      } else {
+        accumulate_per_head(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
+        add_dx(gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
+      }
+    }
+    return out;
+  }
+
+ private:
+  static std::string name(const MixerContext& ctx, int index, const std::string& base) {
+    if (index < 0) return ctx.prefix + ".shared_" + base;
+    return ctx.prefix + "." + base + "_proj." + std::to_string(index);
+  }
+
+  // Gated DeltaNet's decay (Mamba2's parametrisation): g = -exp(A_log) softplus(a + dt_bias) <= 0.
+  Tensor gdn_gate(const Tensor& a, const Shared& sh) const {
+    Tensor g = Tensor::empty(a.shape(), a.dtype());
+    dispatch_float(a.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* pa = a.data<T>();
+      const T* al = sh.a_log->value.data<T>();
+      const T* db = sh.dt_bias->value.data<T>();
+      T* pg = g.data<T>();
+      for (int64_t i = 0, n = a.numel(); i < n; ++i) {
+        const int64_t h = i % heads_;
+        pg[i] = static_cast<T>(-std::exp(double(al[h])) * softplus(double(pa[i]) + db[h]));
+      }
+    });
+    return g;
+  }
+
+  // Given dg [B, T, H]: accumulates dA_log (dg/dA_log = g) and ddt_bias, returns da.
+  Tensor gdn_gate_backward(const Tensor& dg, const Shared& sh) const {
+    Tensor da = Tensor::empty(dg.shape(), dg.dtype());
+    dispatch_float(dg.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* pa = a_pre_.data<T>();
+      const T* pg = g_.data<T>();
+      const T* pd = dg.data<T>();
+      const T* al = sh.a_log->value.data<T>();
+      const T* db = sh.dt_bias->value.data<T>();
+      T* pda = da.data<T>();
+      T* gal = sh.a_log->grad.data<T>();
+      T* gdb = sh.dt_bias->grad.data<T>();
+      std::vector<double> sum_al(heads_, 0.0), sum_db(heads_, 0.0);
+      for (int64_t i = 0, n = dg.numel(); i < n; ++i) {
+        const int64_t h = i % heads_;
+        const double d = double(pd[i]) * -std::exp(double(al[h])) * sigmoid(double(pa[i]) + db[h]);
+        pda[i] = static_cast<T>(d);
+        sum_db[h] += d;
+        sum_al[h] += double(pd[i]) * pg[i];
+      }
+      for (int64_t h = 0; h < heads_; ++h) {
+        gal[h] += static_cast<T>(sum_al[h]);
+        gdb[h] += static_cast<T>(sum_db[h]);
+      }
+    });
+    return da;
+  }
+
+  MC::Kind kind_;
+  int64_t heads_, dk_, dv_;
+  bool neg_eigval_;
+  double gate_norm_;
+  Linear k_proj_, v_proj_;
+  std::optional<Linear> b_proj_, a_proj_, gk_proj_, gk_up_;
+  std::optional<Parameter> gk_bias_;
+  DeltaCore delta_;
+  GlaCore gla_;
+  // Saved for the backward.
+  MemoryRoute route_;
+  int64_t T_ = 0;
+  Tensor kp_, vp_, k_c_, k_rstd_, b_pre_, a_pre_, g_, gk_pre_;
+};
+
+namespace {
+MomMemory::Shared memory_shared(int64_t halo, std::optional<Parameter>& k_conv,
+                                std::optional<Parameter>& v_conv, std::optional<Parameter>& a_log,
+                                std::optional<Parameter>& dt_bias) {
+  MomMemory::Shared sh;
+  sh.halo = halo;
+  sh.k_conv = k_conv ? &*k_conv : nullptr;
+  sh.v_conv = v_conv ? &*v_conv : nullptr;
+  sh.a_log = a_log ? &*a_log : nullptr;
+  sh.dt_bias = dt_bias ? &*dt_bias : nullptr;
+  return sh;
+}
+}  // namespace
+
+MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
+    : heads_(m.num_heads()),
+      dk_(head_dim_of(ctx, m)),
+      dv_(value_dim_of(ctx, m)),
+      num_memories_(m.num_memories()),
+      top_k_(m.memory_top_k()),
+      chunk_(m.chunk_size()),
+      conv_size_(m.short_conv() == MC::OFF ? 0 : m.conv_size()),
+      delta_kind_(is_delta(memory_kind_of(m))),
+      q_proj_(ctx.prefix + ".q_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
+      gate_(ctx.prefix + ".gate", ctx.hidden, std::max<int64_t>(num_memories_, 1), ctx.dtype),
+      o_proj_(ctx.prefix + ".o_proj", heads_ * dv_, ctx.hidden, ctx.dtype) {
+  LINEA_USER_CHECK(num_memories_ >= 1, "set model.mixer.num_memories >= 1")
+      << "model.mixer.num_memories is " << num_memories_;
+  LINEA_USER_CHECK(top_k_ >= 1 && top_k_ <= num_memories_,
+                   "set model.mixer.memory_top_k between 1 and num_memories")
+      << "model.mixer.memory_top_k is " << top_k_ << " with " << num_memories_ << " memories";
+  LINEA_USER_CHECK(conv_size_ != 1, "set model.mixer.conv_size >= 2 or short_conv: OFF")
+      << "model.mixer.conv_size is 1";
+  const MC::Kind kind = memory_kind_of(m);
+  if (conv_size_ > 0) {
+    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
+                             true);
+    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
+                             true);
+    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
+                             true);
+  }
+  if (kind == MC::GATED_DELTANET) {
+    a_log_ = make_parameter(ctx.prefix + ".A_log", {heads_}, ctx.dtype, false);
+    dt_bias_ = make_parameter(ctx.prefix + ".dt_bias", {heads_}, ctx.dtype, false);
+  }
+  for (int i = 0; i < num_memories_; ++i)
+    memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, i, heads_, dk_, dv_));
+  if (m.shared_memory())
+    memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, -1, heads_, dk_, dv_));
+  if (m.output_gate() != MC::OFF)
+    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+  if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
+  init_decay();
+}
+
+MixtureOfMemories::~MixtureOfMemories() = default;
+
+void MixtureOfMemories::init(uint64_t seed, double std, double out_std) {
+  init_normal(q_proj_.weight(), seed, std);
+  init_normal(gate_.weight(), seed, std);
+  for (auto& mem : memories_) mem->init(seed, std);
+  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  init_normal(o_proj_.weight(), seed, out_std);
+  // PyTorch's Conv1d default scale (uniform, bound 1/sqrt(K), std 1/sqrt(3K)).
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+  init_decay();
+}
+
+// Gated DeltaNet / Mamba2: A = 1 .. 16 and dt = 1e-3 .. 1e-1 (log-spaced) across heads,
+// deterministic in the head index instead of fla's random draws; dt_bias = softplus^-1(dt).
+void MixtureOfMemories::init_decay() {
+  if (a_log_) {
+    for (int64_t h = 0; h < heads_; ++h) {
+      const double u = (h + 0.5) / heads_;
+      a_log_->value.set_item(h, std::log(1.0 + 15.0 * u));
+      const double dt =
+          std::max(1e-4, std::exp(std::log(1e-3) + u * (std::log(1e-1) - std::log(1e-3))));
+      dt_bias_->value.set_item(h, dt + std::log(-std::expm1(-dt)));
+    }
+  }
+}
+
+void MixtureOfMemories::collect(ParameterList& out) {
+  q_proj_.collect(out);
+  gate_.collect(out);
+  for (auto& mem : memories_) mem->collect(out);
+  if (a_log_) out.push_back(&*a_log_);
+  if (dt_bias_) out.push_back(&*dt_bias_);
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) out.push_back(&**c);
+  if (g_proj_) g_proj_->collect(out);
+  if (o_norm_) o_norm_->collect(out);
+  o_proj_.collect(out);
+}
+
+Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
+  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2), halo = halo_size();
+  const int64_t M = num_memories_, K = top_k_;
+  T_ = T;
+  Tensor x_ext = x;
+  if (halo > 0)
+    x_ext = kernels::concat_time(
+        in.halo.defined() ? in.halo : Tensor::zeros({B, halo, D}, x.dtype()), x);
+
+  // Router: top-k of the softmax; the renormalised weights equal a softmax over the k chosen
+  // logits. Ties go to the lower memory index, so the choice is deterministic.
+  const Tensor logits = gate_.forward(x);
+  weights_ = Tensor::empty({B, T, K}, x.dtype());
+  chosen_.assign(B * T * K, 0);
+  slot_.assign(B * T * K, 0);
+  routes_.assign(memories_.size(), MemoryRoute{});
+  for (auto& r : routes_) r.rows.assign(B, {});
+  std::vector<int> order(M);
+  for (int64_t bt = 0; bt < B * T; ++bt) {
+    std::vector<double> l(M);
+    for (int64_t m = 0; m < M; ++m) l[m] = logits.item(bt * M + m);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                      [&](int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    double z = 0;
+    for (int64_t j = 0; j < K; ++j) z += std::exp(l[order[j]] - l[order[0]]);
+    for (int64_t j = 0; j < K; ++j) {
+      const int m = order[j];
+      auto& rows = routes_[m].rows[bt / T];
+      chosen_[bt * K + j] = m;
+      slot_[bt * K + j] = static_cast<int64_t>(rows.size());
+      rows.push_back(bt % T);
+      weights_.set_item(bt * K + j, std::exp(l[m] - l[order[0]]) / z);
+    }
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t n = 0;
+    for (const auto& rows : routes_[m].rows) n = std::max<int64_t>(n, rows.size());
+    routes_[m].length = padded_length(n, chunk_);
+  }
+  if (static_cast<int64_t>(memories_.size()) > M) {  // the shared memory sees every token
+    auto& r = routes_[M];
+    for (auto& rows : r.rows) {
+      rows.resize(T);
+      std::iota(rows.begin(), rows.end(), 0);
+    }
+    r.length = T;
+  }
+
+  // The shared query.
+  qp_ = q_proj_.forward(x_ext);
+  q_act_ = activate(qp_, q_conv_ ? &*q_conv_ : nullptr, halo).view({B, T, heads_, dk_});
+  Tensor q = q_act_;
+  if (delta_kind_) {
+    q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
+    q = Tensor::empty(q_act_.shape(), x.dtype());
+    kernels::l2norm_forward(q_act_, kL2Eps, q, q_rstd_);
+  }
+
+  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  const size_t n_mem = memories_.size();
+  memory_out_.assign(n_mem, Tensor());
+  if (out) {
+    out->final_states.assign(n_mem, Tensor());
+    out->transitions.assign(n_mem, Transition{});
+  }
+  for (size_t i = 0; i < n_mem; ++i) {
+    const Tensor s_in = i < in.states.size() ? in.states[i] : Tensor();
+    memory_out_[i] = memories_[i]->forward(x_ext, x, q, routes_[i], sh, s_in, recurrent_reference_,
+                                           out ? &out->final_states[i] : nullptr,
+                                           out ? &out->transitions[i] : nullptr);
+  }
+
+  // Mix: o_t = sum_j w_tj o^{m_j}_t (+ the shared memory's output).
+  Tensor o = n_mem > static_cast<size_t>(M) ? memory_out_[M].clone()
+                                            : Tensor::zeros({B, T, heads_, dv_}, x.dtype());
+  const int64_t F = heads_ * dv_;
+  dispatch_float(x.dtype(), [&](auto tag) {
+    using Tp = decltype(tag);
+    Tp* po = o.data<Tp>();
+    const Tp* pw = weights_.data<Tp>();
+    for (int64_t bt = 0; bt < B * T; ++bt)
+      for (int64_t j = 0; j < K; ++j) {
+        const int m = chosen_[bt * K + j];
+        const Tp* src =
+            memory_out_[m].data<Tp>() + ((bt / T) * routes_[m].length + slot_[bt * K + j]) * F;
+        const Tp w = pw[bt * K + j];
+        for (int64_t f = 0; f < F; ++f) po[bt * F + f] += w * src[f];
+      }
+  });
+
+  if (o_norm_) o = o_norm_->forward(o);
+  if (g_proj_) {
+    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
+    o_normed_ = o;
+    o = Tensor::empty(o.shape(), o.dtype());
+    kernels::swiglu_forward(g_, o_normed_, o);
+  }
+  return o_proj_.forward(o.view({B, T, F}));
+}
+
+Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn& in,
+                                           SegmentGradOut* out) {
+  const int64_t B = dy.dim(0), T = T_, halo = halo_size();
+  const int64_t M = num_memories_, K = top_k_, F = heads_ * dv_;
+  Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
+  Tensor dx_gate;
+  if (g_proj_) {
+    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
+    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
+    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
+    dx_gate = g_proj_->backward(dg.view({B, T, F}));
+    d_o = dn;
+    g_ = o_normed_ = Tensor();
+  }
+  if (o_norm_) d_o = o_norm_->backward(d_o);
+
+  // Gradients of each memory's compact outputs and of the router weights.
+  const size_t n_mem = memories_.size();
+  std::vector<Tensor> d_mem(n_mem);
+  for (int64_t m = 0; m < M; ++m)
+    d_mem[m] = Tensor::zeros({B, routes_[m].length, heads_, dv_}, dy.dtype());
+  if (n_mem > static_cast<size_t>(M)) d_mem[M] = d_o;
+  Tensor d_logits = Tensor::zeros({B, T, M}, dy.dtype());
+  dispatch_float(dy.dtype(), [&](auto tag) {
+    using Tp = decltype(tag);
+    const Tp* pd = d_o.data<Tp>();
+    const Tp* pw = weights_.data<Tp>();
+    Tp* pl = d_logits.data<Tp>();
+    std::vector<double> dw(K);
+    for (int64_t bt = 0; bt < B * T; ++bt) {
+      double wdw = 0;
+      for (int64_t j = 0; j < K; ++j) {
+        const int m = chosen_[bt * K + j];
+        const int64_t at = ((bt / T) * routes_[m].length + slot_[bt * K + j]) * F;
+        const Tp* o_m = memory_out_[m].data<Tp>() + at;
+        Tp* d_m = d_mem[m].data<Tp>() + at;
+        const Tp w = pw[bt * K + j];
+        double s = 0;
+        for (int64_t f = 0; f < F; ++f) {
+          d_m[f] = w * pd[bt * F + f];
+          s += double(pd[bt * F + f]) * o_m[f];
+        }
+        dw[j] = s;
+        wdw += double(w) * s;
+      }
+      // Softmax over the chosen logits: dl_j = w_j (dw_j - sum_i w_i dw_i); others get none.
+      for (int64_t j = 0; j < K; ++j)
+        pl[bt * M + chosen_[bt * K + j]] = static_cast<Tp>(double(pw[bt * K + j]) * (dw[j] - wdw));
+    }
+  });
+  Tensor dx = gate_.backward(d_logits);
+  if (dx_gate.defined()) kernels::add_inplace(dx, dx_gate);
+  memory_out_.clear();
+  weights_ = Tensor();
+
+  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  Tensor dq = Tensor::zeros({B, T, heads_, dk_}, dy.dtype());
+  Tensor dx_ext = Tensor::zeros({B, T + halo, dy.dim(2)}, dy.dtype());
+  if (out) out->d_states.assign(n_mem, Tensor());
+  for (size_t i = 0; i < n_mem; ++i) {
+    const Tensor ds_out = i < in.d_final_states.size() ? in.d_final_states[i] : Tensor();
+    MomMemory::Grads g = memories_[i]->backward(d_mem[i], ds_out, out != nullptr, sh);
+    kernels::add_inplace(dq, g.dq);
+    kernels::add_inplace(dx_ext, g.dx_ext);
+    if (g.dx.defined()) kernels::add_inplace(dx, g.dx);
+    if (out) out->d_states[i] = g.ds_in;
+  }
+
+  Tensor dq_act = dq;
+  if (delta_kind_) {
+    dq_act = Tensor::empty(q_act_.shape(), dy.dtype());
+    kernels::l2norm_backward(q_act_, q_rstd_, dq, dq_act);
+  }
+  kernels::add_inplace(dx_ext,
+                       q_proj_.backward(activate_backward(qp_, q_conv_ ? &*q_conv_ : nullptr, halo,
+                                                          dq_act.view({B, T, heads_ * dk_}))));
+  qp_ = q_act_ = q_rstd_ = Tensor();
+  if (halo > 0) {
+    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
+    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
+  } else {
+    kernels::add_inplace(dx, dx_ext);
+  }
+  return dx;
+}
+
+std::unique_ptr<TokenMixer> make_mom_mixer(const MixerContext& ctx, const MC& m) {
+  return std::make_unique<MixtureOfMemories>(ctx, m);
+}
+
+}  // namespace linea
