@@ -98,6 +98,43 @@ TEST(Lasp2, EveryMixerKindMatchesTheWholeSequence) {
       expect_sp_equals_whole(sc, *world, 8 * world->size());
 }
 
+// LASP-2H: softmax attention (MHA and GQA, with qk-norm, with a sliding window) with K and V
+// gathered over W ranks equals the whole sequence on one rank.
+TEST(Lasp2H, SoftmaxAttentionMatchesTheWholeSequence) {
+  auto world = parallel::MpiCommunicator::world();
+  const int W = world->size(), r = world->rank();
+  for (int variant = 0; variant < 3; ++variant) {
+    config::Config cfg = kind_config(config::MixerConfig::LINEAR_ATTENTION);
+    cfg.mutable_model()->set_hidden_size(16);
+    cfg.mutable_model()->set_layer_pattern("N");
+    auto* a = cfg.mutable_model()->mutable_attention();
+    a->set_num_heads(4);
+    a->set_num_kv_heads(variant == 0 ? 4 : 2);
+    a->set_qk_norm(variant == 1);
+    a->set_window_size(variant == 2 ? 5 : 0);
+    const int64_t B = 2, T = 6 * W, L = T / W, D = 16;
+    auto whole = make_token_mixer(cfg, 0, "attn", DType::kF64);
+    whole->init(11, 0.3, 0.3);
+    auto split = make_token_mixer(cfg, 0, "attn", DType::kF64);
+    split->init(11, 0.3, 0.3);
+    ASSERT_TRUE(split->enable_sequence_parallel(*world));
+    Tensor x = random_tensor({B, T, D}, 5), dy = random_tensor({B, T, D}, 6);
+    Tensor y = whole->forward(x), dx = whole->backward(dy);
+    Tensor ys = split->forward(kernels::slice_time(x, r * L, (r + 1) * L));
+    Tensor dxs = split->backward(kernels::slice_time(dy, r * L, (r + 1) * L));
+    EXPECT_LT(max_abs_diff(ys, kernels::slice_time(y, r * L, (r + 1) * L)), 1e-10) << variant;
+    EXPECT_LT(max_abs_diff(dxs, kernels::slice_time(dx, r * L, (r + 1) * L)), 1e-10) << variant;
+    ParameterList pw, ps;
+    whole->collect(pw);
+    split->collect(ps);
+    for (size_t i = 0; i < pw.size(); ++i) {
+      Tensor g = ps[i]->grad.clone();
+      world->all_reduce(g, parallel::ReduceOp::kSum);
+      EXPECT_LT(max_abs_diff(g, pw[i]->grad), 1e-10) << pw[i]->name << " variant " << variant;
+    }
+  }
+}
+
 TEST(Lasp2, GatheredBytesDoNotDependOnSequenceLength) {
   auto world = parallel::MpiCommunicator::world();
   const int W = world->size();

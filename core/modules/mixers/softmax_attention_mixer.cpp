@@ -6,6 +6,7 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/rope.h"
+#include "parallel/sequence_collectives.h"
 
 namespace linea {
 namespace {
@@ -225,8 +226,11 @@ Tensor SoftmaxAttention::forward_segment(const Tensor& x, const SegmentIn& in, S
       << "softmax attention carries no state and no halo";
   LINEA_CHECK(x.ndim() == 3 && x.dim(2) == hidden_)
       << "softmax attention: x must be [B, T, " << hidden_ << "], got " << shape_str(x.shape());
+  if (sp_) set_position_offset(sp_->rank() * x.dim(1));
   Local l = project(x);
-  Tensor o = attend(l.q, l.k, l.v, /*keys_start=*/position_offset_);
+  Tensor o = sp_ ? attend(l.q, parallel::all_gather_time(*sp_, l.k),
+                          parallel::all_gather_time(*sp_, l.v), /*keys_start=*/0)
+                 : attend(l.q, l.k, l.v, /*keys_start=*/position_offset_);
   if (out) {
     out->final_states.clear();
     out->transitions.clear();
@@ -242,7 +246,16 @@ Tensor SoftmaxAttention::backward_segment(const Tensor& dy, const SegmentGradIn&
     out->d_states.clear();
     out->d_halo = Tensor();
   }
+  if (sp_) {
+    g.dk = parallel::reduce_scatter_time(*sp_, g.dk);
+    g.dv = parallel::reduce_scatter_time(*sp_, g.dv);
+  }
   return project_backward(g.dq, g.dk, g.dv);
+}
+
+bool SoftmaxAttention::enable_sequence_parallel(parallel::Communicator& sp) {
+  sp_ = sp.size() > 1 ? &sp : nullptr;
+  return true;
 }
 
 std::unique_ptr<TokenMixer> make_softmax_attention(const MixerContext& ctx,

@@ -52,6 +52,9 @@ class SoftmaxAttention final : public TokenMixer {
   void collect(ParameterList& out) override;
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
+  // LASP-2H: from now on forward/backward treat x as this rank's shard of sequences split over
+  // `sp` (position offset rank * T_l, K and V gathered, dK and dV reduce-scattered).
+  bool enable_sequence_parallel(parallel::Communicator& sp) override;
 
   // Global position of the first local token (RoPE angles and, under LASP-2H, the causal mask).
   // Set before a forward; keep it until that forward's backward has run.
@@ -92,6 +95,7 @@ class SoftmaxAttention final : public TokenMixer {
   double rope_theta_;
   int64_t window_;
   int64_t position_offset_ = 0;
+  parallel::Communicator* sp_ = nullptr;  // LASP-2H group (null: no sequence parallelism)
   Linear q_proj_, k_proj_, v_proj_, o_proj_;
   std::optional<RMSNorm> q_norm_, k_norm_;
   // Saved by attend() for attend_backward().
