@@ -106,8 +106,9 @@ inline void expect_gradients_match_fd(const MixerCheck& c) {
   for (size_t i = 0; i < in.states.size(); ++i)
     EXPECT_LT(gradcheck(in.states[i], gout.d_states[i], loss, c.fd_step, c.fd_checks), c.fd_tol)
         << "incoming state " << i;
-  if (in.halo.defined())
+  if (in.halo.defined()) {
     EXPECT_LT(gradcheck(in.halo, gout.d_halo, loss, c.fd_step, c.fd_checks), c.fd_tol) << "halo";
+  }
 }
 
 // 3 and 4. Two halves as segments == the whole sequence; transitions compose.

@@ -96,3 +96,33 @@ TEST(Model, AccumulatedMicroBatchesEqualOneBatch) {
 
 }  // namespace
 }  // namespace linea
+
+namespace linea {
+namespace {
+
+TEST(Model, LayerPatternAndPerLayerOverridesChooseTheMixers) {
+  config::Config cfg = tiny_config(true);
+  auto* m = cfg.mutable_model();
+  m->set_num_layers(4);
+  m->set_layer_pattern("LLLN");
+  m->mutable_attention()->set_num_heads(2);
+  auto* o = m->add_mixer_overrides();
+  o->set_layer(1);
+  o->mutable_mixer()->set_kind(config::MixerConfig::GLA);
+  validate_config(cfg, 1);
+  Model model(cfg, DType::kF32);
+  std::vector<std::string> names;
+  for (Parameter* p : model.parameters()) names.push_back(p->name);
+  auto has = [&](const std::string& n) {
+    return std::find(names.begin(), names.end(), n) != names.end();
+  };
+  EXPECT_TRUE(has("layers.0.mixer.q_proj.weight"));
+  EXPECT_FALSE(has("layers.0.mixer.gk_proj.0.weight"));
+  EXPECT_TRUE(has("layers.1.mixer.gk_proj.0.weight"));  // the GLA override
+  EXPECT_FALSE(has("layers.2.mixer.gk_proj.0.weight"));
+  EXPECT_TRUE(has("layers.3.mixer.k_proj.weight"));  // softmax attention
+  EXPECT_FALSE(has("layers.3.mixer.o_norm.weight"));
+}
+
+}  // namespace
+}  // namespace linea
