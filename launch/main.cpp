@@ -16,6 +16,7 @@
 #include "core/logging/log.h"                   // rank-aware logs
 #include "core/modules/mixers/mixer_catalog.h"  // `linea info mixers`
 #include "core/trainer/trainer.h"               // the training loop
+#include "parallel/launch_env.h"                // rank, local rank, host
 #include "parallel/mpi_communicator.h"          // MPI runtime and world communicator
 
 namespace {
@@ -40,6 +41,9 @@ int run_train(const ConfigArgs& args, int* argc, char*** argv) {
     linea::init_logging(
         world->rank(), lc.level(), lc.all_ranks(),
         cfg.train().output_dir() + "/logs/rank" + std::to_string(world->rank()) + ".log");
+    const auto li = linea::parallel::launch_info(*world);
+    spdlog::info("launch: {} ranks via {}; this is rank {} on {} (local rank {} of {})",
+                 li.world_size, li.launcher, li.rank, li.host, li.local_rank, li.local_size);
     linea::train(cfg, *world);
     return 0;
   } catch (const std::exception& e) {

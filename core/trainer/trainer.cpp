@@ -154,6 +154,11 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       }
     }
   }
+  for (const Parameter* p : model.parameters())
+    summary.final_parameters.push_back(p->value.clone());
+  if (!summary.losses.empty())
+    spdlog::info("training done: {} steps, loss {:.4f} (first step) -> {:.4f} (last step)",
+                 summary.losses.size(), summary.losses.front(), summary.losses.back());
   return summary;
 }
 

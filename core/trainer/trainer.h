@@ -18,6 +18,9 @@ namespace linea {
 struct TrainSummary {
   std::vector<double> losses;  // one per step (every step, not only logged ones)
   int64_t num_parameters = 0;
+  // Copies of the parameters after the last step, in Model::parameters() order (for equivalence
+  // tests; cheap at the sizes trained on CPU).
+  std::vector<Tensor> final_parameters;
 };
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world);

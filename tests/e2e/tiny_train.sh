@@ -11,6 +11,8 @@ m="$WORK/run/metrics.jsonl"
 [ -f "$WORK/run/logs/rank0.log" ] || fail "no rank0 log"
 grep -q '"tokens_per_s"' "$m" || fail "metrics.jsonl lacks tokens_per_s"
 grep -q '"grad_norm"' "$m" || fail "metrics.jsonl lacks grad_norm"
+# --set overrides the (embedded) file, and the resolved config in the output dir shows it.
+grep -q "steps: 60" "$WORK/run/config.pbtxt" || fail "resolved config does not show train.steps = 60"
 first=$(first_loss "$m"); last=$(last_loss "$m")
 echo "loss $first -> $last"
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' || fail "loss did not fall: $first -> $last"
