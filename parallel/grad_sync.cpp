@@ -42,18 +42,18 @@ void average_group(const std::vector<Parameter*>& group, DType buffer_dtype, Com
 
 }  // namespace
 
-void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid) {
-  Communicator& comm = grid.dp_sp();
+namespace {
+// Every rank must pack the same buffers in the same order, or the all-reduces mismatch (and
+// hang); hence a fixed dtype order and the list order inside it.
+void average_sharding(const ParameterList& params, ParamSharding sharding, Communicator& comm) {
   if (comm.size() == 1) return;
-  // Every rank must pack the same buffers in the same order, or the all-reduces mismatch (and
-  // hang); hence a fixed dtype order and the list order inside it.
   for (DType dtype : {DType::kF32, DType::kF64, DType::kBF16}) {
     std::vector<Parameter*> group;
     for (Parameter* p : params) {
-      if (p->sharding != ParamSharding::kReplicated) continue;
+      if (p->sharding != sharding) continue;
       LINEA_CHECK(p->grad.defined())
           << "parameter '" << p->name << "' has no gradient to average; every rank must "
-          << "hold a gradient for every replicated parameter";
+          << "hold a gradient for every parameter of its group";
       LINEA_CHECK(p->grad.dtype() != DType::kI32 && p->grad.dtype() != DType::kI64)
           << "parameter '" << p->name << "' has an integer gradient ("
           << dtype_name(p->grad.dtype()) << ")";
@@ -61,6 +61,15 @@ void average_replicated_gradients(const ParameterList& params, const ProcessGrid
     }
     average_group(group, reduce_dtype(dtype), comm);
   }
+}
+}  // namespace
+
+void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid) {
+  average_sharding(params, ParamSharding::kReplicated, grid.dp_sp());
+}
+
+void average_expert_gradients(const ParameterList& params, Communicator& expert_dp) {
+  average_sharding(params, ParamSharding::kExpert, expert_dp);
 }
 
 }  // namespace linea::parallel

@@ -10,5 +10,8 @@ namespace linea::parallel {
 
 // Averages the gradients of replicated parameters over grid.dp_sp() (sum / group size).
 void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid);
+// Averages the gradients of expert parameters over `expert_dp`, the ranks holding the same
+// experts (with parallel.ep = 1 every rank holds every expert: pass grid.dp_sp()).
+void average_expert_gradients(const ParameterList& params, Communicator& expert_dp);
 
 }  // namespace linea::parallel

@@ -36,6 +36,8 @@ void validate_config(const config::Config& cfg, int world_size);
 int resolved_head_dim(const config::Config& cfg);
 int resolved_intermediate_size(const config::Config& cfg);
 std::string resolved_layer_pattern(const config::Config& cfg);
+// One letter a layer: E = MoE channel mixer, D = dense (all D unless channel_mixer.kind = MOE).
+std::string resolved_moe_pattern(const config::Config& cfg);
 int resolved_dp(const config::Config& cfg, int world_size);
 
 }  // namespace linea

@@ -156,6 +156,51 @@ void validate_layers(const config::Config& cfg) {
   if (pattern.find('N') != std::string::npos) validate_attention(m.attention(), m.hidden_size());
 }
 
+// model.channel_mixer with kind MOE: the expert settings and which layers are MoE.
+void validate_channel_mixer(const config::Config& cfg) {
+  const config::ModelConfig& m = cfg.model();
+  const config::ChannelMixerConfig& cm = m.channel_mixer();
+  check_non_negative(cm.moe_every(), "model.channel_mixer.moe_every");
+  const std::string& p = cm.moe_pattern();
+  if (!p.empty()) {
+    LINEA_USER_CHECK(p.size() == static_cast<size_t>(m.num_layers()),
+                     "give model.channel_mixer.moe_pattern one letter per layer (E = MoE, D = "
+                     "dense), or leave it empty")
+        << "model.channel_mixer.moe_pattern = " << quoted(p) << " has " << p.size()
+        << " letters but model.num_layers = " << m.num_layers();
+    for (size_t i = 0; i < p.size(); ++i) {
+      LINEA_USER_CHECK(p[i] == 'E' || p[i] == 'D',
+                       "use E (MoE) or D (dense MLP) in model.channel_mixer.moe_pattern")
+          << "model.channel_mixer.moe_pattern = " << quoted(p) << ": letter " << i << " is '"
+          << p[i] << "'";
+    }
+    LINEA_USER_CHECK(cm.moe_every() == 0,
+                     "set either model.channel_mixer.moe_pattern or moe_every, not both")
+        << "model.channel_mixer.moe_pattern = " << quoted(p)
+        << " and moe_every = " << cm.moe_every() << " are both set";
+  }
+  if (cm.kind() != config::ChannelMixerConfig::MOE) return;
+  const config::MoeConfig& e = cm.moe();
+  const std::string path = "model.channel_mixer.moe";
+  check_positive(e.num_experts(), path + ".num_experts");
+  LINEA_USER_CHECK(e.top_k() >= 1 && e.top_k() <= e.num_experts(),
+                   "set model.channel_mixer.moe.top_k between 1 and num_experts")
+      << path << ".top_k = " << e.top_k() << " with num_experts = " << e.num_experts();
+  check_positive(e.expert_intermediate_size(), path + ".expert_intermediate_size");
+  check_non_negative(e.num_shared_experts(), path + ".num_shared_experts");
+  if (e.num_shared_experts() > 0)
+    check_positive(e.shared_intermediate_size(), path + ".shared_intermediate_size");
+  LINEA_USER_CHECK(e.num_shared_experts() > 0 || !e.shared_expert_gate(),
+                   "set model.channel_mixer.moe.num_shared_experts > 0 or shared_expert_gate: "
+                   "false")
+      << path << ".shared_expert_gate = true needs shared experts";
+  check_finite_non_negative(e.aux_loss_coeff(), path + ".aux_loss_coeff");
+  check_finite_non_negative(e.z_loss_coeff(), path + ".z_loss_coeff");
+  check_finite_non_negative(e.bias_update_rate(), path + ".bias_update_rate");
+  check_finite_non_negative(e.capacity_factor(), path + ".capacity_factor");
+  check_finite_positive(e.routed_scaling(), path + ".routed_scaling");
+}
+
 void validate_parallel(const config::Config& cfg, int world_size) {
   const config::ParallelConfig& par = cfg.parallel();
   LINEA_USER_CHECK(par.sp() >= 1, "set parallel.sp to 1 or more (1 = no sequence parallelism)")
@@ -271,6 +316,7 @@ void validate_checkpoint_and_logging(const config::Config& cfg) {
 void validate_config(const config::Config& cfg, int world_size) {
   validate_model(cfg);
   validate_layers(cfg);
+  validate_channel_mixer(cfg);
   // Sizes the parallel and data rules divide by or compare against come first.
   check_positive(cfg.data().seq_len(), "data.seq_len");
   validate_train(cfg);
@@ -300,6 +346,19 @@ std::string resolved_layer_pattern(const config::Config& cfg) {
   const std::string& p = cfg.model().layer_pattern();
   if (!p.empty()) return p;
   return std::string(static_cast<size_t>(std::max(0, cfg.model().num_layers())), 'L');
+}
+
+std::string resolved_moe_pattern(const config::Config& cfg) {
+  const int n = std::max(0, cfg.model().num_layers());
+  const config::ChannelMixerConfig& cm = cfg.model().channel_mixer();
+  if (cm.kind() != config::ChannelMixerConfig::MOE) return std::string(n, 'D');
+  if (!cm.moe_pattern().empty()) return cm.moe_pattern();
+  if (cm.moe_every() > 0) {
+    std::string p(n, 'D');
+    for (int i = cm.moe_every() - 1; i < n; i += cm.moe_every()) p[i] = 'E';
+    return p;
+  }
+  return std::string(n, 'E');
 }
 
 int resolved_dp(const config::Config& cfg, int world_size) {

@@ -1,6 +1,8 @@
 #include "core/model/block.h"
 
 #include "core/config/config.h"
+#include "core/modules/moe/moe_layer.h"
+#include "core/modules/swiglu_mlp.h"
 #include "kernels/elementwise.h"
 #include "parallel/lasp2.h"
 
@@ -20,6 +22,15 @@ std::unique_ptr<TokenMixer> sequence_parallel(std::unique_ptr<TokenMixer> mixer,
       << "layer " << layer << "'s mixer does not support sequence parallelism";
   return mixer;
 }
+// The one switch choosing a layer's channel mixer (resolved_moe_pattern says which layers are MoE).
+std::unique_ptr<ChannelMixer> make_channel_mixer(const config::Config& cfg, int layer,
+                                                 DType dtype) {
+  const std::string name = layer_prefix(layer) + ".mlp";
+  const int64_t hidden = cfg.model().hidden_size();
+  if (resolved_moe_pattern(cfg)[layer] == 'E')
+    return std::make_unique<MoeLayer>(name, hidden, cfg.model().channel_mixer().moe(), dtype);
+  return std::make_unique<SwiGLUMLP>(name, hidden, resolved_intermediate_size(cfg), dtype);
+}
 }  // namespace
 
 Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp)
@@ -29,25 +40,24 @@ Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Commun
                                sp, layer)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(layer_prefix(layer) + ".mlp", cfg.model().hidden_size(), resolved_intermediate_size(cfg),
-           dtype) {}
+      mlp_(make_channel_mixer(cfg, layer, dtype)) {}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);
-  mlp_.init(seed, std, out_std);
+  mlp_->init(seed, std, out_std);
 }
 
 Tensor Block::forward(const Tensor& x) {
   Tensor h = Tensor::empty(x.shape(), x.dtype());
   kernels::add(x, mixer_->forward(attn_norm_.forward(x)), h);
   Tensor y = Tensor::empty(h.shape(), h.dtype());
-  kernels::add(h, mlp_.forward(mlp_norm_.forward(h)), y);
+  kernels::add(h, mlp_->forward(mlp_norm_.forward(h)), y);
   return y;
 }
 
 Tensor Block::backward(const Tensor& dy) {
   // dh = dy + d(mlp branch); dx = dh + d(mixer branch)
-  Tensor dh = mlp_norm_.backward(mlp_.backward(dy));
+  Tensor dh = mlp_norm_.backward(mlp_->backward(dy));
   kernels::add_inplace(dh, dy);
   Tensor dx = attn_norm_.backward(mixer_->backward(dh));
   kernels::add_inplace(dx, dh);
@@ -58,7 +68,7 @@ void Block::collect(ParameterList& out) {
   attn_norm_.collect(out);
   mixer_->collect(out);
   mlp_norm_.collect(out);
-  mlp_.collect(out);
+  mlp_->collect(out);
 }
 
 }  // namespace linea

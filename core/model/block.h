@@ -5,9 +5,9 @@
 
 #include <memory>
 
+#include "core/modules/channel_mixer.h"
 #include "core/modules/mixers/token_mixer.h"
 #include "core/modules/rmsnorm.h"
-#include "core/modules/swiglu_mlp.h"
 
 namespace linea {
 
@@ -19,12 +19,14 @@ class Block {
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);
   void collect(ParameterList& out);
+  // The block's MoE channel mixer, or null when it is dense.
+  MoeLayer* moe() { return mlp_->moe(); }
 
  private:
   RMSNorm attn_norm_;
   std::unique_ptr<TokenMixer> mixer_;
   RMSNorm mlp_norm_;
-  SwiGLUMLP mlp_;
+  std::unique_ptr<ChannelMixer> mlp_;
 };
 
 }  // namespace linea

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/config/config.h"
+#include "core/modules/moe/moe_layer.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
@@ -21,7 +22,10 @@ Model::Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp)
     lm_head_ = make_parameter("lm_head.weight", {m.vocab_size(), m.hidden_size()}, dtype, true);
   }
   params_.push_back(&embeddings_);
-  for (auto& b : blocks_) b->collect(params_);
+  for (auto& b : blocks_) {
+    b->collect(params_);
+    if (MoeLayer* moe = b->moe()) moe_layers_.push_back(moe);
+  }
   final_norm_->collect(params_);
   if (lm_head_.value.defined()) params_.push_back(&lm_head_);
 }
@@ -48,7 +52,16 @@ Tensor Model::forward_logits(const Tensor& inputs) {
   return logits;
 }
 
-LossStats Model::forward_backward(const data::Batch& batch, double grad_scale) {
+void Model::add_moe_stats(LossStats& stats) const {
+  for (const MoeLayer* moe : moe_layers_) {
+    stats.aux_loss += moe->stats().aux_loss;
+    stats.z_loss += moe->stats().z_loss;
+    stats.dropped += moe->stats().dropped;
+  }
+}
+
+LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
+                                  double aux_grad_scale) {
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), D = cfg_.model().hidden_size();
   Tensor logits = forward_logits(batch.inputs);
   Tensor targets = batch.targets.view({B * T});
@@ -56,6 +69,8 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale) {
   int64_t n = 0;
   double mean = kernels::cross_entropy_forward(logits, targets, lse, &n);
   LossStats stats{mean * static_cast<double>(n), n};
+  add_moe_stats(stats);
+  for (MoeLayer* moe : moe_layers_) moe->set_aux_grad_scale(aux_grad_scale);
 
   // d(grad_scale * loss_sum) = grad_scale * n * d(mean); written into the logits buffer.
   kernels::cross_entropy_backward(logits, targets, lse, grad_scale * static_cast<double>(n), n,
@@ -78,7 +93,9 @@ LossStats Model::forward_loss(const data::Batch& batch) {
   double mean = kernels::cross_entropy_forward(logits, batch.targets.view({B * T}), lse, &n);
   // Forward-only: drop what the backward would have needed.
   final_hidden_ = Tensor();
-  return {mean * static_cast<double>(n), n};
+  LossStats stats{mean * static_cast<double>(n), n};
+  add_moe_stats(stats);
+  return stats;
 }
 
 int64_t Model::num_parameters() const {

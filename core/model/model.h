@@ -14,9 +14,14 @@ namespace linea {
 
 // A micro-batch's loss as a sum over its target tokens and their count, so that means over
 // micro-batches and ranks can be weighted by tokens exactly.
+// aux_loss and z_loss: the MoE losses of this micro-batch (coefficients included), summed over
+// the MoE layers; each layer's losses are means over this micro-batch's tokens (docs/moe.md).
 struct LossStats {
   double loss_sum = 0;
   int64_t tokens = 0;
+  double aux_loss = 0;
+  double z_loss = 0;
+  int64_t dropped = 0;  // expert copies dropped by the capacity, over the MoE layers
 };
 
 class Model {
@@ -30,18 +35,22 @@ class Model {
   void init(uint64_t seed);
 
   // Forward and backward of one micro-batch: accumulates into the gradients
-  // grad_scale * d(loss_sum)/d(parameter).
-  LossStats forward_backward(const data::Batch& batch, double grad_scale);
+  // grad_scale * d(loss_sum)/d(parameter) + aux_grad_scale * d(aux_loss + z_loss)/d(parameter).
+  LossStats forward_backward(const data::Batch& batch, double grad_scale,
+                             double aux_grad_scale = 1.0);
   // Forward only (evaluation).
   LossStats forward_loss(const data::Batch& batch);
 
   const ParameterList& parameters() const { return params_; }
+  // The MoE channel mixers, in layer order (empty for a dense model).
+  const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
   int64_t num_parameters() const;
   void zero_grad();
   DType dtype() const { return dtype_; }
 
  private:
   Tensor forward_logits(const Tensor& inputs);
+  void add_moe_stats(LossStats& stats) const;
 
   config::Config cfg_;
   DType dtype_;
@@ -50,6 +59,7 @@ class Model {
   std::unique_ptr<RMSNorm> final_norm_;
   Parameter lm_head_;  // undefined value when tied
   ParameterList params_;
+  std::vector<MoeLayer*> moe_layers_;
   Tensor final_hidden_;  // saved for the LM-head backward
 };
 

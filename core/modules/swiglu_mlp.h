@@ -2,17 +2,18 @@
 // names: "<prefix>.gate_proj.weight", ".up_proj.weight", ".down_proj.weight").
 #pragma once
 
+#include "core/modules/channel_mixer.h"
 #include "core/modules/linear.h"
 
 namespace linea {
 
-class SwiGLUMLP {
+class SwiGLUMLP : public ChannelMixer {
  public:
   SwiGLUMLP(const std::string& name, int64_t hidden, int64_t intermediate, DType dtype);
-  void init(uint64_t seed, double std, double out_std);
-  Tensor forward(const Tensor& x);
-  Tensor backward(const Tensor& dy);
-  void collect(ParameterList& out);
+  void init(uint64_t seed, double std, double out_std) override;
+  Tensor forward(const Tensor& x) override;
+  Tensor backward(const Tensor& dy) override;
+  void collect(ParameterList& out) override;
 
  private:
   Linear gate_, up_, down_;

@@ -10,15 +10,16 @@
 #include <nlohmann/json.hpp>
 
 // ---- what the loop is made of ---------------------------------------------------------------
-#include "core/config/config.h"     // validation and derived sizes
-#include "core/data/dataset.h"      // samples by global index, per-DP-rank slices
-#include "core/logging/log.h"       // rank-aware spdlog
-#include "core/model/model.h"       // forward + backward of the whole model
-#include "core/optim/adamw.h"       // AdamW, schedule, gradient clipping
-#include "kernels/elementwise.h"    // finiteness checks
-#include "kernels/sequence.h"       // this SP rank's shard of each sequence
-#include "parallel/grad_sync.h"     // gradient averaging over DP x SP
-#include "parallel/process_grid.h"  // DP x SP groups
+#include "core/config/config.h"          // validation and derived sizes
+#include "core/data/dataset.h"           // samples by global index, per-DP-rank slices
+#include "core/logging/log.h"            // rank-aware spdlog
+#include "core/model/model.h"            // forward + backward of the whole model
+#include "core/modules/moe/moe_layer.h"  // MoE statistics and the aux-loss-free bias
+#include "core/optim/adamw.h"            // AdamW, schedule, gradient clipping
+#include "kernels/elementwise.h"         // finiteness checks
+#include "kernels/sequence.h"            // this SP rank's shard of each sequence
+#include "parallel/grad_sync.h"          // gradient averaging over DP x SP
+#include "parallel/process_grid.h"       // DP x SP groups
 
 namespace linea {
 namespace {
@@ -81,6 +82,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto bytes0 = sent_bytes(grid);
     model.zero_grad();
+    for (MoeLayer* moe : model.moe_layers()) moe->reset_step_load();
 
     std::vector<data::Batch> batches;
     double local_tokens = 0;
@@ -101,11 +103,50 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     LINEA_USER_CHECK(n_total > 0, "the data produced no target tokens; check data.* settings")
         << "step " << step << " has no target tokens";
     const double grad_scale = grid.dp_sp().size() / n_total;
-    double loss_sum = 0;
-    for (const auto& b : batches) loss_sum += model.forward_backward(b, grad_scale).loss_sum;
+    // MoE aux and z losses are per micro-batch (this rank's tokens of it); the step's objective
+    // takes their mean over the accum x DP x SP micro-batches. The averaging all-reduce divides by
+    // the group size, so each rank scales their gradients by group_size / (accum * group_size).
+    const double aux_grad_scale = 1.0 / accum;
+    double loss_sum = 0, aux_sum = 0, z_sum = 0, dropped = 0;
+    for (const auto& b : batches) {
+      const LossStats s = model.forward_backward(b, grad_scale, aux_grad_scale);
+      loss_sum += s.loss_sum;
+      aux_sum += s.aux_loss;
+      z_sum += s.z_loss;
+      dropped += static_cast<double>(s.dropped);
+    }
 
     parallel::average_replicated_gradients(model.parameters(), grid);
+    // parallel.ep = 1: every rank holds every expert.
+    parallel::average_expert_gradients(model.parameters(), grid.dp_sp());
     const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
+    const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
+    const bool has_moe = !model.moe_layers().empty();
+    double aux_loss = 0, z_loss = 0, load_max_over_mean = 0;
+    std::vector<std::vector<double>> global_load;
+    if (has_moe) {
+      aux_loss = grid.dp_sp().all_reduce_scalar(aux_sum) / micro_batches;
+      z_loss = grid.dp_sp().all_reduce_scalar(z_sum) / micro_batches;
+      dropped = grid.dp_sp().all_reduce_scalar(dropped);
+      // The step's expert load, summed over micro-batches and the DP x SP group, so that every
+      // rank sees (and applies the bias update from) the same numbers.
+      const auto& layers = model.moe_layers();
+      std::vector<double> flat;
+      for (const MoeLayer* moe : layers)
+        flat.insert(flat.end(), moe->step_load().begin(), moe->step_load().end());
+      Tensor load = Tensor::from_vector({static_cast<int64_t>(flat.size())}, flat, DType::kF64);
+      grid.dp_sp().all_reduce(load);
+      const std::vector<double> all = load.to_vector();
+      size_t off = 0;
+      for (const MoeLayer* moe : layers) {
+        global_load.emplace_back(all.begin() + off, all.begin() + off + moe->num_experts());
+        off += moe->num_experts();
+        const auto& g = global_load.back();
+        double total = 0, mx = 0;
+        for (double v : g) total += v, mx = std::max(mx, v);
+        if (total > 0) load_max_over_mean = std::max(load_max_over_mean, mx * g.size() / total);
+      }
+    }
     const double grad_norm = clip_grad_norm(model.parameters(), cfg.optimizer().grad_clip());
     LINEA_USER_CHECK(std::isfinite(loss) && std::isfinite(grad_norm),
                      "lower optimizer.lr or raise schedule.warmup_steps")
@@ -113,7 +154,11 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         << step;
     const double lr = learning_rate(cfg.optimizer(), cfg.schedule(), step, tc.steps());
     optimizer.step(lr);
+    // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
+    for (size_t l = 0; l < global_load.size(); ++l)
+      model.moe_layers()[l]->router().update_bias(global_load[l]);
     summary.losses.push_back(loss);
+    summary.aux_losses.push_back(aux_loss + z_loss);
 
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -134,10 +179,16 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     const bool log_now =
         step == 0 || (step + 1) % cfg.logging().every_steps() == 0 || step + 1 == tc.steps();
     if (log_now) {
+      const std::string moe_text =
+          has_moe ? fmt::format(
+                        " | aux_loss {:.5f} | z_loss {:.5f} | load max/mean {:.3f} | "
+                        "dropped {:.0f}",
+                        aux_loss, z_loss, load_max_over_mean, dropped)
+                  : std::string();
       spdlog::info(
-          "step {:>5}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
+          "step {:>5}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
           "{:.3f} s | sent B:{} | rss {:.0f} MB",
-          step + 1, tc.steps(), loss, lr, grad_norm, tokens / secs, secs,
+          step + 1, tc.steps(), loss, moe_text, lr, grad_norm, tokens / secs, secs,
           comm_text.empty() ? " 0" : comm_text, peak_rss_mb());
       if (leader) {
         nlohmann::json j = {{"step", step + 1},
@@ -150,6 +201,12 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                             {"comm_bytes", comm},
                             {"comm_bytes_by_kind", comm_kinds},
                             {"peak_rss_mb", peak_rss_mb()}};
+        if (has_moe) {
+          j["aux_loss"] = aux_loss;
+          j["z_loss"] = z_loss;
+          j["expert_load_max_over_mean"] = load_max_over_mean;
+          j["dropped_tokens"] = dropped;
+        }
         metrics << j.dump() << "\n" << std::flush;
       }
     }

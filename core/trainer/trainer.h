@@ -17,6 +17,8 @@ namespace linea {
 
 struct TrainSummary {
   std::vector<double> losses;  // one per step (every step, not only logged ones)
+  // MoE aux + z loss per step (mean over micro-batches and ranks; 0 without MoE layers).
+  std::vector<double> aux_losses;
   int64_t num_parameters = 0;
   // Copies of the parameters after the last step, in Model::parameters() order (for equivalence
   // tests; cheap at the sizes trained on CPU).

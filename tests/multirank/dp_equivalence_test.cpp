@@ -78,5 +78,59 @@ TEST(DataParallel, WRanksEqualOneRankWithWTimesTheBatch) {
     std::filesystem::remove_all(temp_dir(n, world->rank()));
 }
 
+// The MoE variant: one MoE layer (softmax top-2 with a shared expert) and one SIGMOID_BIAS layer
+// whose bias moves every step from the global load. The aux loss is a per-micro-batch mean
+// (docs/moe.md), so DP = W equals W accumulated micro-batches with it on, and equals one big
+// micro-batch when it is off (the z-loss averages exactly).
+config::Config moe_config(const std::string& out_dir, double aux_coeff) {
+  config::Config cfg = mqar_config(out_dir);
+  auto* cm = cfg.mutable_model()->mutable_channel_mixer();
+  cm->set_kind(config::ChannelMixerConfig::MOE);
+  auto* moe = cm->mutable_moe();
+  moe->set_num_experts(4);
+  moe->set_top_k(2);
+  moe->set_expert_intermediate_size(16);
+  moe->set_num_shared_experts(1);
+  moe->set_shared_intermediate_size(8);
+  moe->set_aux_loss_coeff(aux_coeff);
+  moe->set_z_loss_coeff(0.01);
+  moe->set_bias_update_rate(0.01);
+  return cfg;
+}
+
+TEST(DataParallel, MoeWRanksEqualOneRank) {
+  auto world = parallel::MpiCommunicator::world();
+  const int W = world->size();
+  parallel::SelfCommunicator self;
+  for (auto router : {config::MoeConfig::SOFTMAX_TOPK, config::MoeConfig::SIGMOID_BIAS}) {
+    for (double aux : {0.0, 0.05}) {
+      auto make = [&](const std::string& name, int mbs, int accum) {
+        config::Config c = moe_config(temp_dir(name, world->rank()), aux);
+        c.mutable_model()->mutable_channel_mixer()->mutable_moe()->set_router(router);
+        c.mutable_train()->set_micro_batch_size(mbs);
+        c.mutable_train()->set_grad_accum_steps(accum);
+        return c;
+      };
+      TrainSummary dp = train(make("moe_dp", 2, 1), *world);
+      TrainSummary accum = train(make("moe_acc", 2, W), self);
+      ASSERT_EQ(dp.losses.size(), 4u);
+      for (size_t s = 0; s < dp.losses.size(); ++s) {
+        EXPECT_NEAR(dp.losses[s], accum.losses[s], 1e-10) << "step " << s << " aux " << aux;
+        EXPECT_NEAR(dp.aux_losses[s], accum.aux_losses[s], 1e-10) << "step " << s;
+      }
+      if (aux == 0.0) {
+        TrainSummary one = train(make("moe_big", 2 * W, 1), self);
+        for (size_t s = 0; s < dp.losses.size(); ++s) {
+          EXPECT_NEAR(dp.losses[s], one.losses[s], 1e-10) << "step " << s;
+          EXPECT_NEAR(dp.aux_losses[s], one.aux_losses[s], 1e-10) << "step " << s;
+        }
+      }
+      EXPECT_LT(dp.losses.back(), dp.losses.front());
+    }
+  }
+  for (const char* n : {"moe_dp", "moe_acc", "moe_big"})
+    std::filesystem::remove_all(temp_dir(n, world->rank()));
+}
+
 }  // namespace
 }  // namespace linea

@@ -217,6 +217,36 @@ TEST(Config, EveryRuleNamesItsField) {
       {{"logging.level=loud"}, 0, {"logging.level = \"loud\"", "trace, debug, info, warn, error"}},
       {{"checkpoint.every_steps=-1"}, 0, {"checkpoint.every_steps = -1"}},
       {{"checkpoint.keep_last=0"}, 0, {"checkpoint.keep_last = 0"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.top_k=9"},
+       0,
+       {"model.channel_mixer.moe.top_k = 9", "num_experts = 8"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.top_k=0"},
+       0,
+       {"model.channel_mixer.moe.top_k = 0"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.num_experts=0"},
+       0,
+       {"model.channel_mixer.moe.num_experts = 0"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.expert_intermediate_size=0"},
+       0,
+       {"model.channel_mixer.moe.expert_intermediate_size = 0"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.num_shared_experts=1"},
+       0,
+       {"model.channel_mixer.moe.shared_intermediate_size = 0"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.capacity_factor=-1"},
+       0,
+       {"model.channel_mixer.moe.capacity_factor = -1"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.aux_loss_coeff=-0.1"},
+       0,
+       {"model.channel_mixer.moe.aux_loss_coeff = -0.1"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe.z_loss_coeff=nan"},
+       0,
+       {"model.channel_mixer.moe.z_loss_coeff = nan"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe_pattern=EDE"},
+       0,
+       {"model.channel_mixer.moe_pattern = \"EDE\"", "num_layers = 2"}},
+      {{"model.channel_mixer.kind=MOE", "model.channel_mixer.moe_pattern=EX"},
+       0,
+       {"model.channel_mixer.moe_pattern = \"EX\""}},
   };
   for (const Case& c : cases) {
     const config::Config cfg = load_config({}, c.overrides);
@@ -226,6 +256,18 @@ TEST(Config, EveryRuleNamesItsField) {
       EXPECT_NE(e.find(s), std::string::npos) << "overrides " << c.overrides[0] << ": " << e;
     }
   }
+}
+
+TEST(Config, MoePatternResolves) {
+  EXPECT_EQ(resolved_moe_pattern(load_config({}, {})), "DD");
+  EXPECT_EQ(resolved_moe_pattern(load_config({}, {"model.channel_mixer.kind=MOE"})), "EE");
+  EXPECT_EQ(resolved_moe_pattern(load_config(
+                {}, {"model.channel_mixer.kind=MOE", "model.channel_mixer.moe_pattern=DE"})),
+            "DE");
+  EXPECT_EQ(
+      resolved_moe_pattern(load_config({}, {"model.num_layers=4", "model.channel_mixer.kind=MOE",
+                                            "model.channel_mixer.moe_every=2"})),
+      "DEDE");
 }
 
 TEST(Config, ValidCombinationsPass) {

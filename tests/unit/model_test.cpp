@@ -126,3 +126,58 @@ TEST(Model, LayerPatternAndPerLayerOverridesChooseTheMixers) {
 
 }  // namespace
 }  // namespace linea
+
+namespace linea {
+namespace {
+
+// A model with one MoE layer (softmax top-2, shared expert with its gate) and one dense layer:
+// every gradient, aux and z losses included, against finite differences of the full objective.
+TEST(Model, MoeGradientsMatchFiniteDifferences) {
+  for (auto router : {config::MoeConfig::SOFTMAX_TOPK, config::MoeConfig::SIGMOID_BIAS}) {
+    config::Config cfg = tiny_config(true);
+    auto* cm = cfg.mutable_model()->mutable_channel_mixer();
+    cm->set_kind(config::ChannelMixerConfig::MOE);
+    cm->set_moe_pattern("ED");
+    auto* moe = cm->mutable_moe();
+    moe->set_num_experts(4);
+    moe->set_top_k(2);
+    moe->set_expert_intermediate_size(6);
+    moe->set_router(router);
+    moe->set_num_shared_experts(1);
+    moe->set_shared_intermediate_size(4);
+    moe->set_shared_expert_gate(router == config::MoeConfig::SOFTMAX_TOPK);
+    moe->set_aux_loss_coeff(0.1);
+    moe->set_z_loss_coeff(0.01);
+    validate_config(cfg, 1);
+    Model model(cfg, DType::kF64);
+    model.init(7);
+    ASSERT_EQ(model.moe_layers().size(), 1u);
+    data::Batch batch = random_batch(2, 8, 11, 3);
+    const double aux_scale = 3.0;
+    model.zero_grad();
+    LossStats s = model.forward_backward(batch, 1.0, aux_scale);
+    EXPECT_GT(s.aux_loss, 0.0);
+    EXPECT_GT(s.z_loss, 0.0);
+    auto loss = [&] {
+      LossStats l = model.forward_loss(batch);
+      return l.loss_sum + aux_scale * (l.aux_loss + l.z_loss);
+    };
+    for (Parameter* p : model.parameters()) {
+      Tensor analytic = p->grad.clone();
+      double err = testing::gradcheck(p->value, analytic, loss, 1e-6, 60);
+      EXPECT_LT(err, 1e-6) << p->name;
+    }
+    std::vector<std::string> names;
+    for (Parameter* p : model.parameters()) names.push_back(p->name);
+    auto has = [&](const std::string& n) {
+      return std::find(names.begin(), names.end(), n) != names.end();
+    };
+    EXPECT_TRUE(has("layers.0.mlp.experts.3.up_proj.weight"));
+    EXPECT_TRUE(has("layers.0.mlp.gate.weight"));
+    EXPECT_TRUE(has("layers.0.mlp.shared_experts.down_proj.weight"));
+    EXPECT_TRUE(has("layers.1.mlp.down_proj.weight"));  // the dense layer
+  }
+}
+
+}  // namespace
+}  // namespace linea

@@ -1,0 +1,167 @@
+#include "core/modules/moe/moe_layer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/elementwise.h"
+
+namespace linea {
+namespace {
+
+// out[t] = g[t] * s[t] over rows of D; dlogit[t] = <dy[t], s[t]> * g (1 - g).
+template <typename T>
+void gate_rows(T* s, const std::vector<double>& g, int64_t D) {
+  for (size_t t = 0; t < g.size(); ++t)
+    for (int64_t d = 0; d < D; ++d) s[t * D + d] *= static_cast<T>(g[t]);
+}
+
+template <typename T>
+double row_dot(const T* a, const T* b, int64_t D) {
+  double acc = 0;
+  for (int64_t d = 0; d < D; ++d) acc += static_cast<double>(a[d]) * static_cast<double>(b[d]);
+  return acc;
+}
+
+void scale_rows(Tensor& t, const std::vector<double>& g) {
+  const int64_t D = t.dim(-1);
+  if (t.dtype() == DType::kF32)
+    gate_rows(t.data<float>(), g, D);
+  else
+    gate_rows(t.data<double>(), g, D);
+}
+
+double dot_row(const Tensor& a, const Tensor& b, int64_t t) {
+  const int64_t D = a.dim(-1);
+  if (a.dtype() == DType::kF32) return row_dot(a.data<float>() + t * D, b.data<float>() + t * D, D);
+  return row_dot(a.data<double>() + t * D, b.data<double>() + t * D, D);
+}
+
+}  // namespace
+
+MoeLayer::MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg,
+                   DType dtype)
+    : cfg_(cfg),
+      hidden_(hidden),
+      dtype_(dtype),
+      router_(name + ".gate", hidden, cfg, dtype),
+      step_load_(cfg.num_experts(), 0.0) {
+  for (int e = 0; e < cfg.num_experts(); ++e) {
+    experts_.push_back(std::make_unique<SwiGLUMLP>(name + ".experts." + std::to_string(e), hidden,
+                                                   cfg.expert_intermediate_size(), dtype));
+    ParameterList ps;
+    experts_.back()->collect(ps);
+    for (Parameter* p : ps) p->sharding = ParamSharding::kExpert;
+  }
+  if (cfg.num_shared_experts() > 0) {
+    shared_ = std::make_unique<SwiGLUMLP>(
+        name + ".shared_experts", hidden,
+        int64_t(cfg.num_shared_experts()) * cfg.shared_intermediate_size(), dtype);
+    if (cfg.shared_expert_gate())
+      shared_gate_ = std::make_unique<Linear>(name + ".shared_expert_gate", hidden, 1, dtype);
+  }
+}
+
+void MoeLayer::init(uint64_t seed, double std, double out_std) {
+  router_.init(seed, std);
+  for (auto& e : experts_) e->init(seed, std, out_std);
+  if (shared_) shared_->init(seed, std, out_std);
+  if (shared_gate_) init_normal(shared_gate_->weight(), seed, std);
+}
+
+Tensor MoeLayer::experts_forward(const Tensor& rows) {
+  Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_);
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    const int64_t a = plan_.offsets[e], b = plan_.offsets[e + 1];
+    if (a == b) continue;
+    Tensor block = out.slice(a, b);
+    block.copy_from(experts_[e]->forward(rows.slice(a, b)));
+  }
+  return out;
+}
+
+Tensor MoeLayer::experts_backward(const Tensor& drows) {
+  Tensor dx = Tensor::empty({drows.dim(0), hidden_}, dtype_);
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    const int64_t a = plan_.offsets[e], b = plan_.offsets[e + 1];
+    if (a == b) continue;
+    Tensor block = dx.slice(a, b);
+    block.copy_from(experts_[e]->backward(drows.slice(a, b)));
+  }
+  return dx;
+}
+
+Tensor MoeLayer::forward(const Tensor& x) {
+  const Shape shape = x.shape();
+  const int64_t N = x.numel() / hidden_;
+  const Tensor xf = x.view({N, hidden_});
+
+  // route -> prepare
+  const Routing& r = router_.forward(xf);
+  plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
+                        expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
+  Tensor rows = permute_tokens(xf, plan_);
+  // [communicate: identity at EP = 1] -> grouped expert compute -> [inverse communicate]
+  expert_out_ = experts_forward(rows);
+  // finish: un-permute and combine with the router weights
+  Tensor y = unpermute_combine(expert_out_, plan_, r.weight);
+
+  if (shared_) {
+    Tensor s = shared_->forward(xf);
+    if (shared_gate_) {
+      const std::vector<double> logit = shared_gate_->forward(xf).to_vector();
+      shared_gate_value_.resize(N);
+      for (int64_t t = 0; t < N; ++t) shared_gate_value_[t] = 1.0 / (1.0 + std::exp(-logit[t]));
+      shared_out_ = s.clone();
+      scale_rows(s, shared_gate_value_);
+    }
+    kernels::add_inplace(y, s);
+  }
+
+  stats_.aux_loss = router_.aux_loss();
+  stats_.z_loss = router_.z_loss();
+  stats_.load = router_.load();
+  stats_.max_load = *std::max_element(stats_.load.begin(), stats_.load.end());
+  stats_.mean_load = static_cast<double>(N * r.top_k) / static_cast<double>(num_experts());
+  stats_.dropped = plan_.dropped;
+  for (int64_t e = 0; e < num_experts(); ++e) step_load_[e] += static_cast<double>(stats_.load[e]);
+  return y.view(shape);
+}
+
+Tensor MoeLayer::backward(const Tensor& dy) {
+  const Shape shape = dy.shape();
+  const int64_t N = dy.numel() / hidden_;
+  const Tensor dyf = dy.view({N, hidden_});
+  Tensor dx = Tensor::zeros({N, hidden_}, dtype_);
+
+  if (shared_) {
+    Tensor ds = dyf.clone();
+    if (shared_gate_) {
+      std::vector<double> dlogit(N);
+      for (int64_t t = 0; t < N; ++t) {
+        const double g = shared_gate_value_[t];
+        dlogit[t] = dot_row(dyf, shared_out_, t) * g * (1.0 - g);
+      }
+      scale_rows(ds, shared_gate_value_);
+      kernels::add_inplace(dx, shared_gate_->backward(Tensor::from_vector({N, 1}, dlogit, dtype_)));
+      shared_out_ = Tensor();
+    }
+    kernels::add_inplace(dx, shared_->backward(ds));
+  }
+
+  Tensor drows;
+  std::vector<double> dweight;
+  unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weights(), drows, dweight);
+  expert_out_ = Tensor();
+  permute_tokens_backward(experts_backward(drows), plan_, dx);
+  kernels::add_inplace(dx, router_.backward(dweight, aux_grad_scale_));
+  return dx.view(shape);
+}
+
+void MoeLayer::collect(ParameterList& out) {
+  router_.collect(out);
+  for (auto& e : experts_) e->collect(out);
+  if (shared_) shared_->collect(out);
+  if (shared_gate_) shared_gate_->collect(out);
+}
+
+}  // namespace linea

@@ -1,0 +1,79 @@
+// Mixture of SwiGLU experts (the MOE channel mixer), with optional shared experts.
+//
+//   y = sum_{j < k} w_{t,j} Expert_{e_{t,j}}(x_t) + g_t * Shared(x_t)
+// where the router (router.h) chooses e_{t,j} and w_{t,j}, Shared is one SwiGLU of width
+// num_shared_experts * shared_intermediate_size, and g_t = sigmoid(x_t w_g) with
+// shared_expert_gate (Qwen2-MoE) or 1 without.
+//
+// Data flow (dispatch splits at the brackets; identity while EP = 1):
+//   route -> plan_dispatch + permute_tokens -> [communicate] -> expert e runs a BLAS SwiGLU on its
+//   contiguous row block -> [inverse communicate] -> unpermute_combine (+ shared experts).
+// Dropless unless capacity_factor > 0 (token_permutation.h says which copies are dropped).
+//
+// Parameter names (prefix "layers.<l>.mlp"): gate.weight [E, D]; experts.<e>.{gate,up}_proj.weight
+// [F, D], experts.<e>.down_proj.weight [D, F] (ParamSharding::kExpert);
+// shared_experts.*_proj.weight; shared_expert_gate.weight [1, D]. All matrices take weight decay.
+//
+// The aux and z losses enter the backward multiplied by aux_grad_scale (set by the model: the
+// weight of this micro-batch's aux losses in the step's objective, docs/moe.md).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/modules/channel_mixer.h"
+#include "core/modules/moe/router.h"
+#include "core/modules/moe/token_permutation.h"
+#include "core/modules/swiglu_mlp.h"
+
+namespace linea {
+
+// What one forward saw (one micro-batch on this rank).
+struct MoeStats {
+  double aux_loss = 0, z_loss = 0;  // coefficients included
+  std::vector<int64_t> load;        // routed copies per expert, before capacity
+  int64_t max_load = 0;
+  double mean_load = 0;
+  int64_t dropped = 0;  // copies dropped by the capacity
+};
+
+class MoeLayer : public ChannelMixer {
+ public:
+  MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype);
+  void init(uint64_t seed, double std, double out_std) override;
+  Tensor forward(const Tensor& x) override;
+  Tensor backward(const Tensor& dy) override;
+  void collect(ParameterList& out) override;
+  MoeLayer* moe() override { return this; }
+
+  const MoeStats& stats() const { return stats_; }
+  void set_aux_grad_scale(double s) { aux_grad_scale_ = s; }
+  // Routed copies per expert summed over the forwards since reset_step_load (a step's load).
+  const std::vector<double>& step_load() const { return step_load_; }
+  void reset_step_load() { std::fill(step_load_.begin(), step_load_.end(), 0.0); }
+  Router& router() { return router_; }
+  const DispatchPlan& plan() const { return plan_; }
+  int64_t num_experts() const { return static_cast<int64_t>(experts_.size()); }
+
+ private:
+  Tensor experts_forward(const Tensor& rows);
+  Tensor experts_backward(const Tensor& drows);
+
+  config::MoeConfig cfg_;
+  int64_t hidden_;
+  DType dtype_;
+  Router router_;
+  std::vector<std::unique_ptr<SwiGLUMLP>> experts_;
+  std::unique_ptr<SwiGLUMLP> shared_;
+  std::unique_ptr<Linear> shared_gate_;
+  double aux_grad_scale_ = 1.0;
+
+  DispatchPlan plan_;
+  Tensor expert_out_;                      // [rows, D], for the combine backward
+  Tensor shared_out_;                      // [N, D], with the shared gate
+  std::vector<double> shared_gate_value_;  // [N] sigmoid gate
+  MoeStats stats_;
+  std::vector<double> step_load_;
+};
+
+}  // namespace linea

@@ -1,0 +1,127 @@
+#include "core/modules/moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace linea {
+
+Router::Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype)
+    : cfg_(cfg),
+      experts_(cfg.num_experts()),
+      proj_(name, hidden, cfg.num_experts(), dtype),
+      bias_(cfg.num_experts(), 0.0),
+      dtype_(dtype) {}
+
+const Routing& Router::forward(const Tensor& x) {
+  const int64_t N = x.dim(0), E = experts_, k = cfg_.top_k();
+  const std::vector<double> z = proj_.forward(x).to_vector();
+  const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
+  score_.assign(N * E, 0.0);
+  softmax_.assign(N * E, 0.0);
+  lse_.assign(N, 0.0);
+  routing_ = {N, k, std::vector<int32_t>(N * k), std::vector<double>(N * k)};
+  load_.assign(E, 0);
+  std::vector<double> prob_mean(E, 0.0), key(E);
+  std::vector<int32_t> order(E);
+  double z_sum = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    const double* zt = &z[t * E];
+    double* st = &score_[t * E];
+    double* pt = &softmax_[t * E];
+    const double m = *std::max_element(zt, zt + E);
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += pt[e] = std::exp(zt[e] - m);
+    for (int64_t e = 0; e < E; ++e) pt[e] /= sum;
+    lse_[t] = m + std::log(sum);
+    z_sum += lse_[t] * lse_[t];
+    double s_total = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      st[e] = sigmoid ? 1.0 / (1.0 + std::exp(-zt[e])) : pt[e];
+      key[e] = sigmoid ? st[e] + bias_[e] : st[e];
+      s_total += st[e];
+    }
+    // P_e: the mean router probability (sigmoid scores normalised over the experts).
+    for (int64_t e = 0; e < E; ++e) prob_mean[e] += (sigmoid ? st[e] / s_total : st[e]) / N;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return key[a] > key[b] || (key[a] == key[b] && a < b);
+    });
+    double chosen = 0;
+    for (int64_t j = 0; j < k; ++j) chosen += st[order[j]];
+    const bool normalise = sigmoid || cfg_.renormalize();
+    for (int64_t j = 0; j < k; ++j) {
+      routing_.expert[t * k + j] = order[j];
+      routing_.weight[t * k + j] =
+          cfg_.routed_scaling() * st[order[j]] / (normalise ? chosen : 1.0);
+      ++load_[order[j]];
+    }
+  }
+  aux_loss_ = 0;
+  for (int64_t e = 0; e < E; ++e)
+    aux_loss_ += static_cast<double>(load_[e]) / static_cast<double>(N * k) * prob_mean[e];
+  aux_loss_ *= cfg_.aux_loss_coeff() * static_cast<double>(E);
+  z_loss_ = N > 0 ? cfg_.z_loss_coeff() * z_sum / static_cast<double>(N) : 0.0;
+  return routing_;
+}
+
+Tensor Router::backward(const std::vector<double>& dweight, double aux_scale) {
+  const int64_t N = routing_.tokens, E = experts_, k = routing_.top_k;
+  const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
+  const bool normalise = sigmoid || cfg_.renormalize();
+  const double rs = cfg_.routed_scaling();
+  // d(aux)/dq_{t,e} = coeff * E * f_e / N, the same for every token.
+  std::vector<double> daux(E);
+  for (int64_t e = 0; e < E; ++e)
+    daux[e] = aux_scale * cfg_.aux_loss_coeff() * static_cast<double>(E) *
+              (static_cast<double>(load_[e]) / static_cast<double>(N * k)) / static_cast<double>(N);
+  const double dz_coeff = aux_scale * cfg_.z_loss_coeff() * 2.0 / static_cast<double>(N);
+  std::vector<double> dz(N * E, 0.0), ds(E);
+  for (int64_t t = 0; t < N; ++t) {
+    const double* st = &score_[t * E];
+    const double* pt = &softmax_[t * E];
+    double* dzt = &dz[t * E];
+    std::fill(ds.begin(), ds.end(), 0.0);
+    // Combine weights: w_j = rs * s_j / S (normalised) or rs * s_j.
+    double chosen = 0, g = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      chosen += st[routing_.expert[t * k + j]];
+      g += dweight[t * k + j] * routing_.weight[t * k + j];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = routing_.expert[t * k + j];
+      ds[e] += normalise ? (rs * dweight[t * k + j] - g) / chosen : rs * dweight[t * k + j];
+    }
+    // Aux loss through q: q = p (softmax) or s / sum(s) (sigmoid).
+    if (sigmoid) {
+      double s_total = 0, dq_q = 0;
+      for (int64_t e = 0; e < E; ++e) s_total += st[e];
+      for (int64_t e = 0; e < E; ++e) dq_q += daux[e] * st[e] / s_total;
+      for (int64_t e = 0; e < E; ++e) ds[e] += (daux[e] - dq_q) / s_total;
+      for (int64_t e = 0; e < E; ++e) dzt[e] = ds[e] * st[e] * (1.0 - st[e]);
+    } else {
+      double dot = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        ds[e] += daux[e];
+        dot += ds[e] * pt[e];
+      }
+      for (int64_t e = 0; e < E; ++e) dzt[e] = pt[e] * (ds[e] - dot);
+    }
+    // z-loss: d(lse^2)/dz = 2 lse softmax(z).
+    for (int64_t e = 0; e < E; ++e) dzt[e] += dz_coeff * lse_[t] * pt[e];
+  }
+  return proj_.backward(Tensor::from_vector({N, E}, dz, dtype_));
+}
+
+void Router::update_bias(const std::vector<double>& load) {
+  if (cfg_.router() != config::MoeConfig::SIGMOID_BIAS) return;
+  LINEA_CHECK(static_cast<int64_t>(load.size()) == experts_)
+      << "update_bias: " << load.size() << " loads for " << experts_ << " experts";
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / experts_;
+  for (int64_t e = 0; e < experts_; ++e) {
+    const double d = mean - load[e];
+    bias_[e] += cfg_.bias_update_rate() * static_cast<double>((d > 0) - (d < 0));
+  }
+}
+
+}  // namespace linea

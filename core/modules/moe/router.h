@@ -1,0 +1,67 @@
+// MoE routers: logits z = x W^T (W = "<prefix>.weight" [E, D]), top-k experts per token and their
+// combine weights, plus the load-balancing aux loss and the router z-loss with their gradients.
+//
+//   SOFTMAX_TOPK (Qwen2-MoE, Mixtral): p = softmax(z); top-k by p; w = rs * p_chosen, or with
+//     renormalize w = rs * p_chosen / sum(p_chosen).
+//   SIGMOID_BIAS (DeepSeek-V3): s = sigmoid(z); top-k by s + b, where b is a non-trainable
+//     per-expert buffer (not a Parameter: no gradient, no optimizer); w = rs * s_chosen /
+//     sum(s_chosen). update_bias(load) moves b by rate * sign(mean_load - load_e) per expert.
+//   rs = moe.routed_scaling. Ties in the top-k pick the lower expert index.
+//
+// Losses of one forward (N tokens, k copies each), both differentiable:
+//   aux = aux_loss_coeff * E * sum_e f_e * P_e, f_e = (copies routed to e) / (N k) (before any
+//         capacity drop; piecewise constant), P_e = mean_t q_{t,e}, q = p (softmax router) or
+//         s / sum_e s (sigmoid router).
+//   z   = z_loss_coeff * mean_t logsumexp(z_t)^2.
+// The top-k choice is piecewise constant: gradients flow through the weights, P_e and the z-loss.
+// backward(dw, aux_scale) returns dx for d(loss)/dw = dw plus aux_scale * d(aux + z), and
+// accumulates (`+=`) the same into W's gradient. Computed in f64 on CPU.
+#pragma once
+
+#include <vector>
+
+#include "core/modules/linear.h"
+#include "linea.pb.h"
+
+namespace linea {
+
+struct Routing {
+  int64_t tokens = 0, top_k = 0;
+  std::vector<int32_t> expert;  // [N * k], copy c = t * k + j
+  std::vector<double> weight;   // [N * k] combine weights
+};
+
+class Router {
+ public:
+  Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype);
+  void init(uint64_t seed, double std) { init_normal(proj_.weight(), seed, std); }
+  // x [N, D]; saves what backward needs.
+  const Routing& forward(const Tensor& x);
+  // dweight [N * k] = d(loss)/d(weight); returns dx [N, D].
+  Tensor backward(const std::vector<double>& dweight, double aux_scale);
+  void collect(ParameterList& out) { proj_.collect(out); }
+
+  double aux_loss() const { return aux_loss_; }
+  double z_loss() const { return z_loss_; }
+  // Routed copies per expert in the last forward (before capacity).
+  const std::vector<int64_t>& load() const { return load_; }
+  // SIGMOID_BIAS: b_e += rate * sign(mean(load) - load_e). No-op for SOFTMAX_TOPK.
+  void update_bias(const std::vector<double>& load);
+  std::vector<double>& bias() { return bias_; }
+  Parameter& weight() { return proj_.weight(); }
+  const std::vector<double>& combine_weights() const { return routing_.weight; }
+
+ private:
+  config::MoeConfig cfg_;
+  int64_t experts_;
+  Linear proj_;
+  std::vector<double> bias_;
+  Routing routing_;
+  std::vector<int64_t> load_;
+  // Saved for backward: per-token scores (p or s), logsumexp of the logits and softmax(z).
+  std::vector<double> score_, lse_, softmax_;
+  double aux_loss_ = 0, z_loss_ = 0;
+  DType dtype_;
+};
+
+}  // namespace linea
