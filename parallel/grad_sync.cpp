@@ -1,8 +1,10 @@
 #include "parallel/grad_sync.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "core/util/check.h"
+#include "kernels/elementwise.h"
 
 namespace linea::parallel {
 
@@ -11,7 +13,9 @@ namespace {
 // bf16 gradients are summed in f32: bf16 sums of W terms lose most of their bits.
 DType reduce_dtype(DType t) { return t == DType::kBF16 ? DType::kF32 : t; }
 
-void average_group(const std::vector<Parameter*>& group, DType buffer_dtype, Communicator& comm) {
+// Sums the group's gradients over comm and divides them by `divisor`.
+void reduce_group(const std::vector<Parameter*>& group, DType buffer_dtype, Communicator& comm,
+                  int divisor) {
   int64_t total = 0;
   for (const Parameter* p : group) total += p->grad.numel();
   if (total == 0) return;
@@ -24,13 +28,12 @@ void average_group(const std::vector<Parameter*>& group, DType buffer_dtype, Com
     off += n;
   }
   comm.all_reduce(flat, ReduceOp::kSum);
-  const int w = comm.size();
   if (buffer_dtype == DType::kF32) {
     float* v = flat.data<float>();
-    for (int64_t i = 0; i < total; ++i) v[i] /= static_cast<float>(w);
+    for (int64_t i = 0; i < total; ++i) v[i] /= static_cast<float>(divisor);
   } else {
     double* v = flat.data<double>();
-    for (int64_t i = 0; i < total; ++i) v[i] /= static_cast<double>(w);
+    for (int64_t i = 0; i < total; ++i) v[i] /= static_cast<double>(divisor);
   }
   off = 0;
   for (Parameter* p : group) {
@@ -40,36 +43,68 @@ void average_group(const std::vector<Parameter*>& group, DType buffer_dtype, Com
   }
 }
 
-}  // namespace
+void check_gradient(const Parameter& p) {
+  LINEA_CHECK(p.grad.defined()) << "parameter '" << p.name << "' has no gradient to reduce; every "
+                                << "rank must hold a gradient for every parameter it holds";
+  LINEA_CHECK(p.grad.dtype() != DType::kI32 && p.grad.dtype() != DType::kI64)
+      << "parameter '" << p.name << "' has an integer gradient (" << dtype_name(p.grad.dtype())
+      << ")";
+}
 
-namespace {
-// Every rank must pack the same buffers in the same order, or the all-reduces mismatch (and
-// hang); hence a fixed dtype order and the list order inside it.
-void average_sharding(const ParameterList& params, ParamSharding sharding, Communicator& comm) {
-  if (comm.size() == 1) return;
+// Every rank of comm must pack the same buffers in the same order, or the all-reduces mismatch
+// (and hang); hence a fixed dtype order and the list order inside it.
+void reduce_sharding(const ParameterList& params, ParamSharding sharding, Communicator& comm,
+                     int divisor) {
   for (DType dtype : {DType::kF32, DType::kF64, DType::kBF16}) {
     std::vector<Parameter*> group;
     for (Parameter* p : params) {
       if (p->sharding != sharding) continue;
-      LINEA_CHECK(p->grad.defined())
-          << "parameter '" << p->name << "' has no gradient to average; every rank must "
-          << "hold a gradient for every parameter of its group";
-      LINEA_CHECK(p->grad.dtype() != DType::kI32 && p->grad.dtype() != DType::kI64)
-          << "parameter '" << p->name << "' has an integer gradient ("
-          << dtype_name(p->grad.dtype()) << ")";
+      check_gradient(*p);
       if (p->grad.dtype() == dtype) group.push_back(p);
     }
-    average_group(group, reduce_dtype(dtype), comm);
+    reduce_group(group, reduce_dtype(dtype), comm, divisor);
   }
 }
+
 }  // namespace
 
 void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid) {
-  average_sharding(params, ParamSharding::kReplicated, grid.dp_sp());
+  Communicator& comm = grid.dp_sp();
+  if (comm.size() == 1) return;
+  reduce_sharding(params, ParamSharding::kReplicated, comm, comm.size());
 }
 
-void average_expert_gradients(const ParameterList& params, Communicator& expert_dp) {
-  average_sharding(params, ParamSharding::kExpert, expert_dp);
+void reduce_expert_gradients(const ParameterList& params, const ProcessGrid& grid) {
+  const int divisor = grid.dp_sp().size();
+  if (divisor == 1) return;  // one rank: nothing to sum, nothing to divide
+  reduce_sharding(params, ParamSharding::kExpert, grid.expert_dp(), divisor);
+}
+
+void sync_gradients(const ParameterList& params, const ProcessGrid& grid) {
+  average_replicated_gradients(params, grid);
+  reduce_expert_gradients(params, grid);
+}
+
+double global_grad_norm(const ParameterList& params, const ProcessGrid& grid) {
+  double replicated = 0, expert = 0;
+  for (const Parameter* p : params) {
+    if (!p->grad.defined()) continue;
+    (p->sharding == ParamSharding::kExpert ? expert : replicated) += kernels::sum_squares(p->grad);
+  }
+  // Every rank joins, holding experts or not, so the collective always matches.
+  if (grid.ep().size() > 1) expert = grid.ep().all_reduce_scalar(expert, ReduceOp::kSum);
+  return std::sqrt(replicated + expert);
+}
+
+double clip_gradients(const ParameterList& params, const ProcessGrid& grid, double max_norm) {
+  const double norm = global_grad_norm(params, grid);
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
+    const double s = max_norm / (norm + 1e-6);
+    for (Parameter* p : params) {
+      if (p->grad.defined()) kernels::scale(p->grad, s);
+    }
+  }
+  return norm;
 }
 
 }  // namespace linea::parallel

@@ -223,9 +223,25 @@ void validate_parallel(const config::Config& cfg, int world_size) {
           << static_cast<long long>(par.dp()) * par.sp() << ", not the world size " << world_size;
     }
   }
-  LINEA_USER_CHECK(par.ep() == 1,
-                   "set parallel.ep = 1; expert parallelism comes with a later issue")
-      << "parallel.ep = " << par.ep() << ": expert parallelism is not supported yet";
+  // Expert parallelism: EP groups are carved from the dp x sp ranks and divide the experts.
+  if (world_size > 0) {
+    LINEA_USER_CHECK(world_size % par.ep() == 0,
+                     "choose parallel.ep dividing the number of ranks (EP groups are carved from "
+                     "dp x sp), or launch a multiple of parallel.ep ranks")
+        << "parallel.ep = " << par.ep() << " does not divide the world size " << world_size;
+  }
+  if (par.ep() > 1) {
+    const config::ChannelMixerConfig& cm = cfg.model().channel_mixer();
+    const bool has_moe =
+        cm.kind() == config::ChannelMixerConfig::MOE &&
+        (cm.moe_pattern().empty() || cm.moe_pattern().find('E') != std::string::npos);
+    LINEA_USER_CHECK(has_moe, "set parallel.ep = 1, or use MoE layers")
+        << "parallel.ep > 1 needs MoE layers (model.channel_mixer.kind: MOE)";
+    LINEA_USER_CHECK(cm.moe().num_experts() % par.ep() == 0,
+                     "choose model.channel_mixer.moe.num_experts divisible by parallel.ep")
+        << "model.channel_mixer.moe.num_experts = " << cm.moe().num_experts()
+        << " cannot be divided among parallel.ep = " << par.ep() << " ranks";
+  }
 
   const int local_len = cfg.data().seq_len() / par.sp();
   const int chunk = cfg.model().mixer().chunk_size();

@@ -18,8 +18,8 @@
 #include "core/optim/adamw.h"            // AdamW, schedule, gradient clipping
 #include "kernels/elementwise.h"         // finiteness checks
 #include "kernels/sequence.h"            // this SP rank's shard of each sequence
-#include "parallel/grad_sync.h"          // gradient averaging over DP x SP
-#include "parallel/process_grid.h"       // DP x SP groups
+#include "parallel/grad_sync.h"          // gradient reduction (DP x SP, expert DP), norm clip
+#include "parallel/process_grid.h"       // DP x SP groups, EP groups
 
 namespace linea {
 namespace {
@@ -34,7 +34,8 @@ double peak_rss_mb() {
 std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_bytes(
     const parallel::ProcessGrid& grid) {
   std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> b{};
-  for (const parallel::Communicator* c : {&grid.world(), &grid.dp(), &grid.sp(), &grid.dp_sp()})
+  for (const parallel::Communicator* c :
+       {&grid.world(), &grid.dp(), &grid.sp(), &grid.dp_sp(), &grid.ep(), &grid.expert_dp()})
     for (size_t k = 0; k < b.size(); ++k) b[k] += c->stats().bytes_sent[k];
   return b;
 }
@@ -45,7 +46,14 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   validate_config(cfg, world.size());
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
-  parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp()});
+  // The grid, the gradient reduction and the norm support EP already; the MoE layer does not yet
+  // take the EP group, and without it each rank would run every expert on its own tokens only.
+  LINEA_USER_CHECK(cfg.parallel().ep() == 1,
+                   "set parallel.ep = 1 until the MoE layer takes the EP group "
+                   "(parallel/expert_dispatch.h)")
+      << "parallel.ep = " << cfg.parallel().ep()
+      << ": the MoE layer does not exchange tokens across an EP group yet";
+  parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp(), cfg.parallel().ep()});
   const bool leader = world.rank() == 0;
 
   const std::filesystem::path out_dir = tc.output_dir();
@@ -116,9 +124,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       dropped += static_cast<double>(s.dropped);
     }
 
-    parallel::average_replicated_gradients(model.parameters(), grid);
-    // parallel.ep = 1: every rank holds every expert.
-    parallel::average_expert_gradients(model.parameters(), grid.dp_sp());
+    parallel::sync_gradients(model.parameters(), grid);
     const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
     const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
     const bool has_moe = !model.moe_layers().empty();
@@ -147,7 +153,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         if (total > 0) load_max_over_mean = std::max(load_max_over_mean, mx * g.size() / total);
       }
     }
-    const double grad_norm = clip_grad_norm(model.parameters(), cfg.optimizer().grad_clip());
+    const double grad_norm =
+        parallel::clip_gradients(model.parameters(), grid, cfg.optimizer().grad_clip());
     LINEA_USER_CHECK(std::isfinite(loss) && std::isfinite(grad_norm),
                      "lower optimizer.lr or raise schedule.warmup_steps")
         << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "

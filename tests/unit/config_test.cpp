@@ -207,7 +207,11 @@ TEST(Config, EveryRuleNamesItsField) {
       {{"parallel.sp=2", "data.seq_len=96", "model.mixer.chunk_size=32"},
        4,
        {"model.mixer.chunk_size = 32", "data.seq_len / parallel.sp"}},
-      {{"parallel.ep=2"}, 0, {"parallel.ep = 2", "not supported yet"}},
+      {{"parallel.ep=2"}, 0, {"parallel.ep > 1 needs MoE layers (model.channel_mixer.kind: MOE)"}},
+      {{"parallel.ep=3", "model.channel_mixer.kind=MOE"}, 4, {"parallel.ep = 3", "world size 4"}},
+      {{"parallel.ep=3", "model.channel_mixer.kind=MOE"},
+       3,
+       {"model.channel_mixer.moe.num_experts = 8", "parallel.ep = 3"}},
       {{"data.path="}, 0, {"data.path", "TOKEN_SHARD"}},
       {{"data.source=MQAR", "data.mqar.num_kv_pairs=40", "data.mqar.num_queries=30"},
        0,
@@ -272,6 +276,8 @@ TEST(Config, MoePatternResolves) {
 
 TEST(Config, ValidCombinationsPass) {
   EXPECT_NO_THROW(validate_config(load_config({}, {"parallel.dp=2"}), 2));
+  EXPECT_NO_THROW(
+      validate_config(load_config({}, {"parallel.ep=2", "model.channel_mixer.kind=MOE"}), 4));
   EXPECT_NO_THROW(
       validate_config(load_config({}, {"model.mixer.num_heads=5", "model.mixer.head_dim=16"}), 0));
   EXPECT_NO_THROW(
