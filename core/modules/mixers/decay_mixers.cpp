@@ -6,13 +6,14 @@
 #include <cmath>
 
 #include "kernels/elementwise.h"
+#include "kernels/gates.h"
 #include "kernels/sequence.h"
 
 namespace linea {
 namespace {
 
 using MC = config::MixerConfig;
-using decay_ops::Act;
+using kernels::Activation;
 
 int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
   return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
@@ -74,20 +75,20 @@ DecayAttention::DecayAttention(const MixerContext& ctx, const MC& m)
   }
   switch (kind_) {
     case MC::LIGHTNING:
-      qk_act_ = Act::kSilu;
-      out_gate_act_ = Act::kSigmoid;
+      qk_act_ = Activation::kSilu;
+      out_gate_act_ = Activation::kSigmoid;
       break;
     case MC::HGRN2:
-      qk_act_ = Act::kSilu;  // the query: HGRN's output gate, swish in fla's HGRN2
+      qk_act_ = Activation::kSilu;  // the query: HGRN's output gate, swish in fla's HGRN2
       lower_bound_ = m.forget_lower_bound();
       break;
     case MC::SIMPLE_GLA:
-      gate_inv_normalizer_ = 1.0 / m.gate_logit_normalizer();
+      gate_normalizer_ = m.gate_logit_normalizer();
       gk_proj_.emplace(ctx.prefix + ".gk_proj", ctx.hidden, heads_, ctx.dtype);
       gk_bias_ = make_parameter(ctx.prefix + ".gk_proj.bias", {heads_}, ctx.dtype, false);
       break;
     case MC::GLA:
-      gate_inv_normalizer_ = 1.0 / m.gate_logit_normalizer();
+      gate_normalizer_ = m.gate_logit_normalizer();
       gk_proj_.emplace(ctx.prefix + ".gk_proj.0", ctx.hidden, m.gate_low_rank(), ctx.dtype);
       gk_up_.emplace(ctx.prefix + ".gk_proj.1", m.gate_low_rank(), heads_ * dk_, ctx.dtype);
       gk_bias_ = make_parameter(ctx.prefix + ".gk_proj.1.bias", {heads_ * dk_}, ctx.dtype, false);
@@ -170,12 +171,15 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
       gate_logits_ = gk_proj_->forward(x);
       if (gk_up_) gate_logits_ = gk_up_->forward(gate_logits_);
       decay_ops::add_bias(gate_logits_, gk_bias_->value);
-      gk = decay_ops::log_sigmoid_forward(gate_logits_, gate_inv_normalizer_);
+      gk = Tensor::empty(gate_logits_.shape(), x.dtype());
+      kernels::log_sigmoid_decay_forward(gate_logits_, gate_normalizer_, gk);
       gk = kind_ == MC::GLA ? gk.view({B, T, heads_, dk_}) : gk.view({B, T, heads_});
       break;
     }
     case MC::HGRN2:
-      decay_ops::forget_gate_forward(k_pre_, lower_bound_, gk, k);
+      gk = Tensor::empty(k_pre_.shape(), x.dtype());
+      k = Tensor::empty(k_pre_.shape(), x.dtype());
+      kernels::forget_gate_forward(k_pre_, lower_bound_, gk, k);
       break;
     default:
       break;
@@ -195,7 +199,8 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
   if (g_proj_) {
     gate_in_ = g_proj_->forward(x);
     normed_ = o;
-    o = decay_ops::gate_forward(out_gate_act_, gate_in_, o);
+    o = Tensor::empty(normed_.shape(), x.dtype());
+    kernels::output_gate_forward(out_gate_act_, gate_in_, normed_, o);
   }
   return o_proj_.forward(o);
 }
@@ -212,8 +217,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
       dx = t;
   };
   if (g_proj_) {
-    Tensor dg, dn;
-    decay_ops::gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
+    Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype());
+    Tensor dn = Tensor::empty(normed_.shape(), dy.dtype());
+    kernels::output_gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
     add_dx(g_proj_->backward(dg));
     d_o = dn;
     gate_in_ = normed_ = Tensor();
@@ -233,8 +239,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
     case MC::SIMPLE_GLA:
     case MC::GLA: {
       dk = g.dk;
-      Tensor dz = decay_ops::log_sigmoid_backward(gate_logits_, g.dgk.view(gate_logits_.shape()),
-                                                  gate_inv_normalizer_);
+      Tensor dz = Tensor::empty(gate_logits_.shape(), dy.dtype());
+      kernels::log_sigmoid_decay_backward(gate_logits_, g.dgk.view(gate_logits_.shape()),
+                                          gate_normalizer_, dz);
       decay_ops::bias_backward(dz, gk_bias_->grad);
       if (gk_up_) dz = gk_up_->backward(dz);
       add_dx(gk_proj_->backward(dz));
@@ -242,7 +249,8 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
       break;
     }
     case MC::HGRN2:
-      dk = decay_ops::forget_gate_backward(k_pre_, lower_bound_, g.dgk, g.dk);
+      dk = Tensor::empty(k_pre_.shape(), dy.dtype());
+      kernels::forget_gate_backward(k_pre_, lower_bound_, g.dgk, g.dk, dk);
       break;
     default:
       break;

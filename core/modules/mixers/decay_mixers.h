@@ -15,6 +15,7 @@
 #include "core/modules/mixers/mixer_factories.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
+#include "kernels/gates.h"
 
 namespace linea {
 
@@ -41,10 +42,10 @@ class DecayAttention final : public TokenMixer {
   config::MixerConfig::Kind kind_;
   int64_t heads_, dk_, dv_;
   double scale_;
-  double gate_inv_normalizer_ = 1;  // SIMPLE_GLA, GLA
-  double lower_bound_ = 0;          // HGRN2
-  decay_ops::Act qk_act_ = decay_ops::Act::kIdentity;
-  decay_ops::Act out_gate_act_ = decay_ops::Act::kSilu;
+  double gate_normalizer_ = 1;  // SIMPLE_GLA, GLA
+  double lower_bound_ = 0;      // HGRN2
+  kernels::Activation qk_act_ = kernels::Activation::kIdentity;
+  kernels::Activation out_gate_act_ = kernels::Activation::kSilu;
   Linear q_proj_, k_proj_, v_proj_, o_proj_;  // HGRN2 names k_proj f_proj and v_proj i_proj
   std::optional<decay_ops::ShortConv> q_conv_, k_conv_, v_conv_;
   std::optional<Linear> gk_proj_;     // SIMPLE_GLA [H, D]; GLA's down projection [r, D]

@@ -1,47 +1,21 @@
-// The element-wise pieces of the decay mixers (decay_mixers.h): activations, output gates, the
-// log-space decay gates, biases, column blocks of fused projections, and the short causal
-// convolution with its halo. CPU loops on f32/f64 tensors (one dtype per call), element-wise, so
-// forward and backward are exact partners:
-//   act(x):           identity, silu(x) = x sigmoid(x), sigmoid(x)
-//   gate(g, n):       y = n * act(g)                     (output gates)
-//   log_sigmoid:      gk = logsigmoid(z) / c = -softplus(-z) / c   (<= 0 for every z)
-//   forget_gate:      f = lb + (1 - lb) sigmoid(z),  gk = log f,  k = 1 - f = (1 - lb) sigmoid(-z)
-//   softplus:         softplus(z) = max(z, 0) + log1p(exp(-|z|))
-// Backward functions write (`=`) the input gradients they return and accumulate (`+=`) into
-// parameter gradients (bias, convolution weight). Reductions over rows in f64.
+// The module-side pieces of the decay mixers (decay_mixers.h): activations into new tensors (the
+// element-wise math is kernels/gates.h), biases, column blocks of fused projections, and the short
+// causal convolution with its halo. CPU loops on f32/f64 tensors (one dtype per call); backward
+// functions accumulate (`+=`) into parameter gradients (bias, convolution weight). Reductions over
+// rows in f64.
 #pragma once
 
 #include <string>
 
 #include "core/modules/module.h"
+#include "kernels/gates.h"
 
 namespace linea::decay_ops {
 
-enum class Act { kIdentity, kSilu, kSigmoid };
-
-Tensor act_forward(Act a, const Tensor& x);
-// dx = dy * act'(x).
-Tensor act_backward(Act a, const Tensor& x, const Tensor& dy);
-
-// y = n * act(g), g and n one shape.
-Tensor gate_forward(Act a, const Tensor& g, const Tensor& n);
-// dg = dy * n * act'(g), dn = dy * act(g).
-void gate_backward(Act a, const Tensor& g, const Tensor& n, const Tensor& dy, Tensor& dg,
-                   Tensor& dn);
-
-// gk = logsigmoid(z) * inv_c; backward dz = dgk * sigmoid(-z) * inv_c.
-Tensor log_sigmoid_forward(const Tensor& z, double inv_c);
-Tensor log_sigmoid_backward(const Tensor& z, const Tensor& dgk, double inv_c);
-
-// HGRN2's lower-bounded forget gate: writes gk = log f and k = 1 - f (both shaped like z).
-void forget_gate_forward(const Tensor& z, double lower_bound, Tensor& gk, Tensor& k);
-// dz = dgk * dlog f/dz + dk * dk/dz.
-Tensor forget_gate_backward(const Tensor& z, double lower_bound, const Tensor& dgk,
-                            const Tensor& dk);
-
-Tensor softplus_forward(const Tensor& z);
-// dz = dy * sigmoid(z).
-Tensor softplus_backward(const Tensor& z, const Tensor& dy);
+// act(x) and dy act'(x) (kernels/gates.h) into new tensors; the identity hands back its input
+// itself, no copy.
+Tensor act_forward(kernels::Activation a, const Tensor& x);
+Tensor act_backward(kernels::Activation a, const Tensor& x, const Tensor& dy);
 
 // y[..., c] += b[c];  bias_backward: db[c] += sum over rows of dy[..., c].
 void add_bias(Tensor& y, const Tensor& b);

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/delta_gates.h"  // beta = sigmoid, Mamba2 log decay
 #include "kernels/elementwise.h"  // gradient sums
+#include "kernels/gates.h"        // beta = sigmoid, Mamba2 log decay
 #include "kernels/l2norm.h"       // q, k normalisation
 #include "kernels/sequence.h"     // halo rows in front of x
 #include "kernels/short_conv.h"   // causal depthwise conv + SiLU
