@@ -2,7 +2,9 @@
 
 #include <cmath>
 
+#include "core/modules/mixers/decay_ops.h"
 #include "kernels/elementwise.h"
+#include "kernels/gates.h"
 #include "kernels/sequence.h"
 #include "kernels/short_conv.h"
 #include "kernels/swiglu.h"
@@ -28,15 +30,6 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
   else
     run(double{});
   return y;
-}
-
-double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
-// log(sigmoid(x)) = -softplus(-x), without overflow for either sign.
-double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
-double silu(double x) { return x * sigmoid(x); }
-double silu_grad(double x) {
-  const double s = sigmoid(x);
-  return s * (1 + x * (1 - s));
 }
 
 // Softmax over the last dimension; p * (dp - sum(p dp)) for the backward.
@@ -202,16 +195,15 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   q_pre_ = q_pre.view({B, T, heads_, dk_});
   k_pre_ = k_pre.view({B, T, heads_, dk_});
   v_pre_ = v_pre.view({B, T, heads_, dv_});
-  auto swish = [](double a, double, double) { return silu(a); };
-  const Tensor q = map_floats(q_pre_, Tensor(), Tensor(), swish);
-  const Tensor k = map_floats(k_pre_, Tensor(), Tensor(), swish);
-  const Tensor v = map_floats(v_pre_, Tensor(), Tensor(), swish);
+  const Tensor q = decay_ops::act_forward(kernels::Activation::kSilu, q_pre_);
+  const Tensor k = decay_ops::act_forward(kernels::Activation::kSilu, k_pre_);
+  const Tensor v = decay_ops::act_forward(kernels::Activation::kSilu, v_pre_);
 
   // Slot gates: log alpha in log space; 1 - alpha = -expm1(log alpha) keeps precision near 0.
   const double tau = gate_norm_;
   f_ = f_proj_.forward(x).view({B, T, heads_, slots_});
-  log_alpha_ = map_floats(f_, Tensor(), Tensor(),
-                          [tau](double f, double, double) { return log_sigmoid(f) / tau; });
+  log_alpha_ = Tensor::empty(f_.shape(), x.dtype());
+  kernels::log_sigmoid_decay_forward(f_, tau, log_alpha_);
   const Tensor one_minus_alpha = map_floats(
       log_alpha_, Tensor(), Tensor(), [](double la, double, double) { return -std::expm1(la); });
 
@@ -273,9 +265,8 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   kernels::add_inplace(d_one_minus, gv.dk);
   d_la = map_floats(log_alpha_, d_la, d_one_minus,
                     [](double la, double dla, double ds) { return dla - std::exp(la) * ds; });
-  const Tensor df = map_floats(f_, d_la, Tensor(), [tau](double f, double d, double) {
-    return d * sigmoid(-f) / tau;  // d logsigmoid(f) / df = sigmoid(-f)
-  });
+  Tensor df = Tensor::empty(f_.shape(), dy.dtype());
+  kernels::log_sigmoid_decay_backward(f_, d_la, tau, df);
   log_alpha_ = f_ = Tensor();
   Tensor dx_f = f_proj_.backward(df.view({B, T, heads_ * slots_}));
   if (dx.defined())
@@ -283,10 +274,9 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   else
     dx = dx_f;
 
-  auto swish_back = [](double a, double d, double) { return d * silu_grad(a); };
-  const Tensor dq = map_floats(q_pre_, gk.dq, Tensor(), swish_back);
-  const Tensor dk = map_floats(k_pre_, gk.dk, Tensor(), swish_back);
-  const Tensor dv = map_floats(v_pre_, gv.dv, Tensor(), swish_back);
+  const Tensor dq = decay_ops::act_backward(kernels::Activation::kSilu, q_pre_, gk.dq);
+  const Tensor dk = decay_ops::act_backward(kernels::Activation::kSilu, k_pre_, gk.dk);
+  const Tensor dv = decay_ops::act_backward(kernels::Activation::kSilu, v_pre_, gv.dv);
   q_pre_ = k_pre_ = v_pre_ = Tensor();
   if (halo > 0) {
     Tensor dx_ext = q_proj_.backward(conv_backward(qp_, *q_conv_, halo, dq.view({B, T, -1})));

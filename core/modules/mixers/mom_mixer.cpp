@@ -5,8 +5,10 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/modules/mixers/decay_ops.h"
 #include "core/modules/mixers/state_core.h"
 #include "kernels/elementwise.h"
+#include "kernels/gates.h"
 #include "kernels/l2norm.h"
 #include "kernels/sequence.h"
 #include "kernels/short_conv.h"
@@ -28,37 +30,10 @@ void dispatch_float(DType dt, F&& f) {
     f(double{});
 }
 
-// y = f(a, b, c) element-wise in double over tensors of one shape (b, c may be undefined).
-template <typename F>
-Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
-  Tensor y = Tensor::empty(a.shape(), a.dtype());
-  dispatch_float(a.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* pa = a.data<T>();
-    const T* pb = b.defined() ? b.data<T>() : nullptr;
-    const T* pc = c.defined() ? c.data<T>() : nullptr;
-    T* py = y.data<T>();
-    for (int64_t i = 0, n = a.numel(); i < n; ++i)
-      py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
-  });
-  return y;
-}
-
-double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
-// log(sigmoid(x)) = -softplus(-x) and softplus(x) = log(1 + e^x), without overflow.
-double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
-double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
-double silu(double x) { return x * sigmoid(x); }
-double silu_grad(double x) {
-  const double s = sigmoid(x);
-  return s * (1 + x * (1 - s));
-}
-
 // act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
 // rows' outputs dropped, or SiLU alone (no conv, no halo).
 Tensor activate(const Tensor& p_ext, const Parameter* conv, int64_t halo) {
-  if (!conv)
-    return map_floats(p_ext, Tensor(), Tensor(), [](double a, double, double) { return silu(a); });
+  if (!conv) return decay_ops::act_forward(kernels::Activation::kSilu, p_ext);
   Tensor y = Tensor::empty(p_ext.shape(), p_ext.dtype());
   kernels::short_conv_forward(p_ext, conv->value, /*silu=*/true, y);
   return kernels::slice_time(y, halo, p_ext.dim(1));
@@ -66,9 +41,7 @@ Tensor activate(const Tensor& p_ext, const Parameter* conv, int64_t halo) {
 
 // The gradient of the projections of [halo; x] given that of act's output [B, T, C].
 Tensor activate_backward(const Tensor& p_ext, Parameter* conv, int64_t halo, const Tensor& dy) {
-  if (!conv)
-    return map_floats(p_ext, dy, Tensor(),
-                      [](double a, double d, double) { return d * silu_grad(a); });
+  if (!conv) return decay_ops::act_backward(kernels::Activation::kSilu, p_ext, dy);
   Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
   Tensor dp = Tensor::empty(p_ext.shape(), p_ext.dtype());
   kernels::short_conv_backward(p_ext, conv->value, /*silu=*/true, kernels::concat_time(pad, dy), dp,
@@ -140,21 +113,6 @@ MC::Kind memory_kind_of(const MC& m) {
 }
 
 bool is_delta(MC::Kind k) { return k == MC::GATED_DELTANET || k == MC::DELTANET; }
-
-// Adds sum over every leading index of x [..., H] to grad [H].
-void accumulate_per_head(const Tensor& x, Tensor& grad) {
-  const int64_t H = grad.numel(), rows = x.numel() / H;
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* pg = grad.data<T>();
-    for (int64_t h = 0; h < H; ++h) {
-      double s = 0;
-      for (int64_t r = 0; r < rows; ++r) s += px[r * H + h];
-      pg[h] += static_cast<T>(s);
-    }
-  });
-}
 
 }  // namespace
 
@@ -241,37 +199,31 @@ class MomMemory {
       k = Tensor::empty(k_c_.shape(), k_c_.dtype());
       kernels::l2norm_forward(k_c_, kL2Eps, k, k_rstd_);
       b_pre_ = b_proj_->forward(x);
-      const double c = neg_eigval_ ? 2.0 : 1.0;  // beta in (0, 2) allows negative eigenvalues
-      const Tensor beta =
-          gather_time(map_floats(b_pre_, Tensor(), Tensor(),
-                                 [c](double b, double, double) { return c * sigmoid(b); }),
-                      route);
+      Tensor beta = Tensor::empty(b_pre_.shape(), x.dtype());
+      kernels::delta_beta_forward(b_pre_, beta_scale(), beta);
+      beta = gather_time(beta, route);
       Tensor g;
       if (kind_ == MC::GATED_DELTANET) {
         a_pre_ = a_proj_->forward(x);
-        g_ = gdn_gate(a_pre_, sh);
-        g = gather_time(g_, route);
+        g = Tensor::empty(a_pre_.shape(), x.dtype());
+        kernels::delta_log_decay_forward(a_pre_, sh.a_log->value, sh.dt_bias->value, g);
+        g = gather_time(g, route);
       }
       return delta_.forward(qc, k, v, g, beta, scale, s_in, recurrent, s_out, tr);
     }
 
     Tensor gk;
-    const double norm = gate_norm_;
-    auto log_gate = [norm](double p, double, double) { return log_sigmoid(p) / norm; };
-    if (kind_ == MC::SIMPLE_GLA) {
-      gk_pre_ = gk_proj_->forward(x);  // [B, T, H]: one scalar decay per head
-      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
-    } else if (kind_ == MC::GLA) {
-      const Tensor hidden = gk_proj_->forward(x);
-      gk_pre_ = gk_up_->forward(hidden).view({B, T, heads_, dk_});
-      const int64_t n = heads_ * dk_;
-      dispatch_float(gk_pre_.dtype(), [&](auto tag) {
-        using Tp = decltype(tag);
-        Tp* p = gk_pre_.data<Tp>();
-        const Tp* bias = gk_bias_->value.data<Tp>();
-        for (int64_t i = 0; i < gk_pre_.numel(); ++i) p[i] += bias[i % n];
-      });
-      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
+    if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
+      if (kind_ == MC::SIMPLE_GLA) {
+        gk_pre_ = gk_proj_->forward(x);  // [B, T, H]: one scalar decay per head
+      } else {
+        Tensor pre = gk_up_->forward(gk_proj_->forward(x));
+        decay_ops::add_bias(pre, gk_bias_->value);
+        gk_pre_ = pre.view({B, T, heads_, dk_});
+      }
+      gk = Tensor::empty(gk_pre_.shape(), x.dtype());
+      kernels::log_sigmoid_decay_forward(gk_pre_, gate_norm_, gk);
+      gk = gather_time(gk, route);
     }
     return gla_.forward(qc, k, v, gk, Tensor(), scale, s_in, recurrent, s_out, tr);
   }
@@ -313,29 +265,26 @@ class MomMemory {
         out.dx = d;
     };
     if (is_delta(kind_)) {
-      const double c = neg_eigval_ ? 2.0 : 1.0;
-      const Tensor db = map_floats(b_pre_, scatter_time(dbc, route_, T), Tensor(),
-                                   [c](double b, double d, double) {
-                                     const double s = sigmoid(b);
-                                     return d * c * s * (1 - s);
-                                   });
+      Tensor db = Tensor::empty(b_pre_.shape(), d_o.dtype());
+      kernels::delta_beta_backward(b_pre_, beta_scale(), scatter_time(dbc, route_, T), db);
       add_dx(b_proj_->backward(db));
       b_pre_ = Tensor();
       if (kind_ == MC::GATED_DELTANET) {
-        add_dx(a_proj_->backward(gdn_gate_backward(scatter_time(dgc, route_, T), sh)));
-        a_pre_ = g_ = Tensor();
+        Tensor da = Tensor::empty(a_pre_.shape(), d_o.dtype());
+        kernels::delta_log_decay_backward(a_pre_, sh.a_log->value, sh.dt_bias->value,
+                                          scatter_time(dgc, route_, T), da, sh.a_log->grad,
+                                          sh.dt_bias->grad);
+        add_dx(a_proj_->backward(da));
+        a_pre_ = Tensor();
       }
     } else if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
-      const double norm = gate_norm_;
-      const Tensor dpre = map_floats(gk_pre_, scatter_time(dgc, route_, T), Tensor(),
-                                     [norm](double p, double d, double) {
-                                       return d * sigmoid(-p) / norm;  // d logsigmoid(p) / dp
-                                     });
+      Tensor dpre = Tensor::empty(gk_pre_.shape(), d_o.dtype());
+      kernels::log_sigmoid_decay_backward(gk_pre_, scatter_time(dgc, route_, T), gate_norm_, dpre);
       gk_pre_ = Tensor();
       if (kind_ == MC::SIMPLE_GLA) {
         add_dx(gk_proj_->backward(dpre));
       } else {
-        accumulate_per_head(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
+        decay_ops::bias_backward(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
         add_dx(gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
       }
     }
@@ -348,51 +297,8 @@ class MomMemory {
     return ctx.prefix + "." + base + "_proj." + std::to_string(index);
   }
 
-  // Gated DeltaNet's decay (Mamba2's parametrisation): g = -exp(A_log) softplus(a + dt_bias) <= 0.
-  Tensor gdn_gate(const Tensor& a, const Shared& sh) const {
-    Tensor g = Tensor::empty(a.shape(), a.dtype());
-    dispatch_float(a.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      const T* pa = a.data<T>();
-      const T* al = sh.a_log->value.data<T>();
-      const T* db = sh.dt_bias->value.data<T>();
-      T* pg = g.data<T>();
-      for (int64_t i = 0, n = a.numel(); i < n; ++i) {
-        const int64_t h = i % heads_;
-        pg[i] = static_cast<T>(-std::exp(double(al[h])) * softplus(double(pa[i]) + db[h]));
-      }
-    });
-    return g;
-  }
-
-  // Given dg [B, T, H]: accumulates dA_log (dg/dA_log = g) and ddt_bias, returns da.
-  Tensor gdn_gate_backward(const Tensor& dg, const Shared& sh) const {
-    Tensor da = Tensor::empty(dg.shape(), dg.dtype());
-    dispatch_float(dg.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      const T* pa = a_pre_.data<T>();
-      const T* pg = g_.data<T>();
-      const T* pd = dg.data<T>();
-      const T* al = sh.a_log->value.data<T>();
-      const T* db = sh.dt_bias->value.data<T>();
-      T* pda = da.data<T>();
-      T* gal = sh.a_log->grad.data<T>();
-      T* gdb = sh.dt_bias->grad.data<T>();
-      std::vector<double> sum_al(heads_, 0.0), sum_db(heads_, 0.0);
-      for (int64_t i = 0, n = dg.numel(); i < n; ++i) {
-        const int64_t h = i % heads_;
-        const double d = double(pd[i]) * -std::exp(double(al[h])) * sigmoid(double(pa[i]) + db[h]);
-        pda[i] = static_cast<T>(d);
-        sum_db[h] += d;
-        sum_al[h] += double(pd[i]) * pg[i];
-      }
-      for (int64_t h = 0; h < heads_; ++h) {
-        gal[h] += static_cast<T>(sum_al[h]);
-        gdb[h] += static_cast<T>(sum_db[h]);
-      }
-    });
-    return da;
-  }
+  // beta in (0, 2) allows negative eigenvalues.
+  double beta_scale() const { return neg_eigval_ ? 2.0 : 1.0; }
 
   MC::Kind kind_;
   int64_t heads_, dk_, dv_;
@@ -406,7 +312,7 @@ class MomMemory {
   // Saved for the backward.
   MemoryRoute route_;
   int64_t T_ = 0;
-  Tensor kp_, vp_, k_c_, k_rstd_, b_pre_, a_pre_, g_, gk_pre_;
+  Tensor kp_, vp_, k_c_, k_rstd_, b_pre_, a_pre_, gk_pre_;
 };
 
 namespace {
