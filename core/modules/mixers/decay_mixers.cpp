@@ -7,7 +7,6 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
-#include "kernels/sequence.h"
 
 namespace linea {
 namespace {
@@ -131,26 +130,19 @@ void DecayAttention::collect(ParameterList& out) {
 }
 
 // x W (and the short convolution when on; xs then carries the halo rows).
-Tensor DecayAttention::project(Linear& proj, std::optional<decay_ops::ShortConv>& conv,
-                               const Tensor& xs) {
+Tensor DecayAttention::project(Linear& proj, std::optional<ShortConv>& conv, const Tensor& xs) {
   Tensor p = proj.forward(xs);
   return conv ? conv->forward(p) : p;
 }
 
-Tensor DecayAttention::project_backward(Linear& proj, std::optional<decay_ops::ShortConv>& conv,
+Tensor DecayAttention::project_backward(Linear& proj, std::optional<ShortConv>& conv,
                                         const Tensor& d) {
   return proj.backward(conv ? conv->backward(d) : d);
 }
 
 Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
-  Tensor xs = x;
-  if (halo > 0) {
-    LINEA_CHECK(!in.halo.defined() || (in.halo.dim(0) == B && in.halo.dim(1) == halo))
-        << "halo " << shape_str(in.halo.shape()) << ", expected " << halo << " rows";
-    xs = in.halo.defined() ? kernels::concat_time(in.halo, x)
-                           : decay_ops::zero_rows_in_front(x, halo);
-  }
+  const Tensor xs = prepend_halo(x, in.halo, halo);
   q_pre_ = project(q_proj_, q_conv_, xs).view({B, T, heads_, dk_});
   k_pre_ = project(k_proj_, k_conv_, xs).view({B, T, heads_, dk_});
   Tensor v = project(v_proj_, v_conv_, xs).view({B, T, heads_, dv_});
@@ -260,10 +252,7 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   Tensor dxs = project_backward(q_proj_, q_conv_, dq.view({B, T, heads_ * dk_}));
   kernels::add_inplace(dxs, project_backward(k_proj_, k_conv_, dk.view({B, T, heads_ * dk_})));
   kernels::add_inplace(dxs, project_backward(v_proj_, v_conv_, g.dv.view({B, T, heads_ * dv_})));
-  if (halo > 0) {
-    if (out) out->d_halo = kernels::slice_time(dxs, 0, halo);
-    dxs = kernels::slice_time(dxs, halo, halo + T);
-  }
+  dxs = split_halo(dxs, halo, out ? &out->d_halo : nullptr);
   if (dx.defined()) kernels::add_inplace(dxs, dx);
   return dxs;
 }

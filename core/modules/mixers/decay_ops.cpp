@@ -1,10 +1,5 @@
 #include "core/modules/mixers/decay_ops.h"
 
-#include <cmath>
-
-#include "kernels/sequence.h"
-#include "kernels/short_conv.h"
-
 namespace linea::decay_ops {
 namespace {
 
@@ -124,40 +119,6 @@ Tensor concat_columns(const std::vector<Tensor>& parts) {
     c0 += w;
   }
   return out;
-}
-
-Tensor zero_rows_in_front(const Tensor& t, int64_t rows) {
-  Shape s = t.shape();
-  s[1] = rows;
-  return kernels::concat_time(Tensor::zeros(s, t.dtype()), t);
-}
-
-ShortConv::ShortConv(const std::string& name, int64_t channels, int64_t kernel, bool silu,
-                     DType dtype)
-    : weight_(make_parameter(name + ".weight", {channels, kernel}, dtype, /*weight_decay=*/true)),
-      silu_(silu) {}
-
-void ShortConv::init(uint64_t seed) {
-  init_normal(weight_, seed, 1.0 / std::sqrt(3.0 * double(kernel())));
-}
-
-Tensor ShortConv::forward(const Tensor& x) {
-  const int64_t halo = kernel() - 1;
-  LINEA_CHECK(x.ndim() == 3 && x.dim(1) > halo)
-      << weight_.name << ": input " << shape_str(x.shape()) << " must carry " << halo
-      << " halo rows and at least one token";
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  kernels::short_conv_forward(x, weight_.value, silu_, y);
-  x_ = x;
-  return kernels::slice_time(y, halo, x.dim(1));
-}
-
-Tensor ShortConv::backward(const Tensor& dy) {
-  Tensor dx = Tensor::empty(x_.shape(), x_.dtype());
-  kernels::short_conv_backward(x_, weight_.value, silu_, zero_rows_in_front(dy, kernel() - 1), dx,
-                               weight_.grad);
-  x_ = Tensor();
-  return dx;
 }
 
 }  // namespace linea::decay_ops

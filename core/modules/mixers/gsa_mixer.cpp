@@ -5,8 +5,6 @@
 #include "core/modules/mixers/decay_ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
-#include "kernels/sequence.h"
-#include "kernels/short_conv.h"
 #include "kernels/swiglu.h"
 
 namespace linea {
@@ -77,22 +75,6 @@ Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
   return ds;
 }
 
-// Causal depthwise conv + SiLU over [halo; x] projections; the halo rows' outputs are dropped.
-Tensor conv_forward(const Tensor& xp_ext, const Parameter& w, int64_t halo) {
-  Tensor y = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
-  kernels::short_conv_forward(xp_ext, w.value, /*silu=*/true, y);
-  return kernels::slice_time(y, halo, xp_ext.dim(1));
-}
-
-// The dropped rows receive no gradient; returns the gradient of the [halo; x] projections.
-Tensor conv_backward(const Tensor& xp_ext, Parameter& w, int64_t halo, const Tensor& dy) {
-  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
-  Tensor dx = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
-  kernels::short_conv_backward(xp_ext, w.value, /*silu=*/true, kernels::concat_time(pad, dy), dx,
-                               w.grad);
-  return dx;
-}
-
 int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
   LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
       << "model.mixer.num_heads is " << m.num_heads();
@@ -136,12 +118,9 @@ GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::Mi
   if (conv_size_ > 0) {
     LINEA_USER_CHECK(conv_size_ >= 2, "set model.mixer.conv_size >= 2 or short_conv: OFF")
         << "model.mixer.conv_size is " << conv_size_;
-    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
-                             true);
+    q_conv_.emplace(ctx.prefix + ".q_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    k_conv_.emplace(ctx.prefix + ".k_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (m.output_gate() != config::MixerConfig::OFF)
     g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
@@ -155,10 +134,10 @@ void GatedSlotAttention::init(uint64_t seed, double std, double out_std) {
   init_normal(f_proj_.weight(), seed, std);
   if (g_proj_) init_normal(g_proj_->weight(), seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
-  // PyTorch's Conv1d default (uniform with bound 1/sqrt(K), std 1/sqrt(3K)): a conv at the
-  // projections' std would shrink q, k, v by ~std.
+  // PyTorch's Conv1d default (ShortConv::init): a conv at the projections' std would shrink q, k,
+  // v by ~std.
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+    if (*c) (*c)->init(seed);
 }
 
 void GatedSlotAttention::collect(ParameterList& out) {
@@ -167,7 +146,7 @@ void GatedSlotAttention::collect(ParameterList& out) {
   v_proj_.collect(out);
   f_proj_.collect(out);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) out.push_back(&**c);
+    if (*c) (*c)->collect(out);
   if (g_proj_) g_proj_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
@@ -179,14 +158,10 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   // Input side: projections (through the short conv over [halo; x] when it is on), then swish.
   Tensor q_pre, k_pre, v_pre;
   if (halo > 0) {
-    const Tensor h = in.halo.defined() ? in.halo : Tensor::zeros({B, halo, x.dim(2)}, x.dtype());
-    const Tensor x_ext = kernels::concat_time(h, x);
-    qp_ = q_proj_.forward(x_ext);
-    kp_ = k_proj_.forward(x_ext);
-    vp_ = v_proj_.forward(x_ext);
-    q_pre = conv_forward(qp_, *q_conv_, halo);
-    k_pre = conv_forward(kp_, *k_conv_, halo);
-    v_pre = conv_forward(vp_, *v_conv_, halo);
+    const Tensor x_ext = prepend_halo(x, in.halo, halo);
+    q_pre = q_conv_->forward(q_proj_.forward(x_ext));
+    k_pre = k_conv_->forward(k_proj_.forward(x_ext));
+    v_pre = v_conv_->forward(v_proj_.forward(x_ext));
   } else {
     q_pre = q_proj_.forward(x);
     k_pre = k_proj_.forward(x);
@@ -279,14 +254,10 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   const Tensor dv = decay_ops::act_backward(kernels::Activation::kSilu, v_pre_, gv.dv);
   q_pre_ = k_pre_ = v_pre_ = Tensor();
   if (halo > 0) {
-    Tensor dx_ext = q_proj_.backward(conv_backward(qp_, *q_conv_, halo, dq.view({B, T, -1})));
-    kernels::add_inplace(dx_ext,
-                         k_proj_.backward(conv_backward(kp_, *k_conv_, halo, dk.view({B, T, -1}))));
-    kernels::add_inplace(dx_ext,
-                         v_proj_.backward(conv_backward(vp_, *v_conv_, halo, dv.view({B, T, -1}))));
-    qp_ = kp_ = vp_ = Tensor();
-    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
-    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
+    Tensor dx_ext = q_proj_.backward(q_conv_->backward(dq.view({B, T, -1})));
+    kernels::add_inplace(dx_ext, k_proj_.backward(k_conv_->backward(dk.view({B, T, -1}))));
+    kernels::add_inplace(dx_ext, v_proj_.backward(v_conv_->backward(dv.view({B, T, -1}))));
+    kernels::add_inplace(dx, split_halo(dx_ext, halo, out ? &out->d_halo : nullptr));
   } else {
     kernels::add_inplace(dx, q_proj_.backward(dq.view({B, T, heads_ * dk_})));
     kernels::add_inplace(dx, k_proj_.backward(dk.view({B, T, heads_ * dk_})));

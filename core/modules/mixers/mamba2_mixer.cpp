@@ -9,7 +9,6 @@
 #include "core/modules/mixers/decay_mixers.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
-#include "kernels/sequence.h"
 
 namespace linea {
 namespace {
@@ -209,14 +208,7 @@ void Mamba2::collect(ParameterList& out) {
 
 Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
-  Tensor xs_in = x;
-  if (halo > 0) {
-    LINEA_CHECK(!in.halo.defined() || (in.halo.dim(0) == B && in.halo.dim(1) == halo))
-        << "halo " << shape_str(in.halo.shape()) << ", expected " << halo << " rows";
-    xs_in = in.halo.defined() ? kernels::concat_time(in.halo, x)
-                              : decay_ops::zero_rows_in_front(x, halo);
-  }
-  const Tensor proj = in_proj_.forward(xs_in);  // [B, halo + T, W]
+  const Tensor proj = in_proj_.forward(prepend_halo(x, in.halo, halo));  // [B, halo + T, W]
   // Only x, B and C pass through the convolution, so only they use the halo rows.
   Tensor xbc_raw = decay_ops::columns(proj, 0, col_x_, col_x_ + inner_ + 2 * state_);
   Tensor xbc;
@@ -290,12 +282,7 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
   decay_ops::add_columns(dproj, 0, col_x_, dxbc_raw);
   if (gate_) decay_ops::add_columns(dproj, halo, 0, dz);
   decay_ops::add_columns(dproj, halo, col_dt_, d_dt_in);
-  Tensor dx = in_proj_.backward(dproj);
-  if (halo > 0) {
-    if (out) out->d_halo = kernels::slice_time(dx, 0, halo);
-    dx = kernels::slice_time(dx, halo, halo + T);
-  }
-  return dx;
+  return split_halo(in_proj_.backward(dproj), halo, out ? &out->d_halo : nullptr);
 }
 
 }  // namespace linea

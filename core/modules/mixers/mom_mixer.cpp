@@ -10,8 +10,6 @@
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/l2norm.h"
-#include "kernels/sequence.h"
-#include "kernels/short_conv.h"
 #include "kernels/swiglu.h"
 
 namespace linea {
@@ -32,21 +30,14 @@ void dispatch_float(DType dt, F&& f) {
 
 // act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
 // rows' outputs dropped, or SiLU alone (no conv, no halo).
-Tensor activate(const Tensor& p_ext, const Parameter* conv, int64_t halo) {
-  if (!conv) return decay_ops::act_forward(kernels::Activation::kSilu, p_ext);
-  Tensor y = Tensor::empty(p_ext.shape(), p_ext.dtype());
-  kernels::short_conv_forward(p_ext, conv->value, /*silu=*/true, y);
-  return kernels::slice_time(y, halo, p_ext.dim(1));
+Tensor activate(const Tensor& p_ext, const ShortConv* conv) {
+  return conv ? conv->apply(p_ext) : decay_ops::act_forward(kernels::Activation::kSilu, p_ext);
 }
 
 // The gradient of the projections of [halo; x] given that of act's output [B, T, C].
-Tensor activate_backward(const Tensor& p_ext, Parameter* conv, int64_t halo, const Tensor& dy) {
-  if (!conv) return decay_ops::act_backward(kernels::Activation::kSilu, p_ext, dy);
-  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
-  Tensor dp = Tensor::empty(p_ext.shape(), p_ext.dtype());
-  kernels::short_conv_backward(p_ext, conv->value, /*silu=*/true, kernels::concat_time(pad, dy), dp,
-                               conv->grad);
-  return dp;
+Tensor activate_backward(const Tensor& p_ext, ShortConv* conv, const Tensor& dy) {
+  return conv ? conv->apply_backward(p_ext, dy)
+              : decay_ops::act_backward(kernels::Activation::kSilu, p_ext, dy);
 }
 
 // compact[b, i] = full[b, rows[b][i]] for the routed tokens, zero in the padding.
@@ -122,9 +113,8 @@ class MomMemory {
  public:
   // What the memories of one layer share (owned by the mixer); null where not used.
   struct Shared {
-    int64_t halo = 0;
-    Parameter* k_conv = nullptr;
-    Parameter* v_conv = nullptr;
+    ShortConv* k_conv = nullptr;
+    ShortConv* v_conv = nullptr;
     Parameter* a_log = nullptr;
     Parameter* dt_bias = nullptr;
   };
@@ -187,9 +177,8 @@ class MomMemory {
     route_ = route;
     kp_ = k_proj_.forward(x_ext);
     vp_ = v_proj_.forward(x_ext);
-    Tensor k = gather_time(activate(kp_, sh.k_conv, sh.halo).view({B, T, heads_, dk_}), route);
-    const Tensor v =
-        gather_time(activate(vp_, sh.v_conv, sh.halo).view({B, T, heads_, dv_}), route);
+    Tensor k = gather_time(activate(kp_, sh.k_conv).view({B, T, heads_, dk_}), route);
+    const Tensor v = gather_time(activate(vp_, sh.v_conv).view({B, T, heads_, dv_}), route);
     const Tensor qc = gather_time(q, route);
     const double scale = 1.0 / std::sqrt(double(dk_));
 
@@ -253,9 +242,8 @@ class MomMemory {
     out.dq = scatter_time(dqc, route_, T);
     const Tensor dk = scatter_time(dkc, route_, T).view({B, T, heads_ * dk_});
     const Tensor dv = scatter_time(dvc, route_, T).view({B, T, heads_ * dv_});
-    out.dx_ext = k_proj_.backward(activate_backward(kp_, sh.k_conv, sh.halo, dk));
-    kernels::add_inplace(out.dx_ext,
-                         v_proj_.backward(activate_backward(vp_, sh.v_conv, sh.halo, dv)));
+    out.dx_ext = k_proj_.backward(activate_backward(kp_, sh.k_conv, dk));
+    kernels::add_inplace(out.dx_ext, v_proj_.backward(activate_backward(vp_, sh.v_conv, dv)));
     kp_ = vp_ = Tensor();
 
     auto add_dx = [&out](const Tensor& d) {
@@ -316,11 +304,10 @@ class MomMemory {
 };
 
 namespace {
-MomMemory::Shared memory_shared(int64_t halo, std::optional<Parameter>& k_conv,
-                                std::optional<Parameter>& v_conv, std::optional<Parameter>& a_log,
+MomMemory::Shared memory_shared(std::optional<ShortConv>& k_conv, std::optional<ShortConv>& v_conv,
+                                std::optional<Parameter>& a_log,
                                 std::optional<Parameter>& dt_bias) {
   MomMemory::Shared sh;
-  sh.halo = halo;
   sh.k_conv = k_conv ? &*k_conv : nullptr;
   sh.v_conv = v_conv ? &*v_conv : nullptr;
   sh.a_log = a_log ? &*a_log : nullptr;
@@ -350,12 +337,9 @@ MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
       << "model.mixer.conv_size is 1";
   const MC::Kind kind = memory_kind_of(m);
   if (conv_size_ > 0) {
-    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
-                             true);
+    q_conv_.emplace(ctx.prefix + ".q_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    k_conv_.emplace(ctx.prefix + ".k_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (kind == MC::GATED_DELTANET) {
     a_log_ = make_parameter(ctx.prefix + ".A_log", {heads_}, ctx.dtype, false);
@@ -381,7 +365,7 @@ void MixtureOfMemories::init(uint64_t seed, double std, double out_std) {
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default scale (uniform, bound 1/sqrt(K), std 1/sqrt(3K)).
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+    if (*c) (*c)->init(seed);
   init_decay();
 }
 
@@ -406,20 +390,17 @@ void MixtureOfMemories::collect(ParameterList& out) {
   if (a_log_) out.push_back(&*a_log_);
   if (dt_bias_) out.push_back(&*dt_bias_);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) out.push_back(&**c);
+    if (*c) (*c)->collect(out);
   if (g_proj_) g_proj_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
 
 Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
-  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2), halo = halo_size();
+  const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
   const int64_t M = num_memories_, K = top_k_;
   T_ = T;
-  Tensor x_ext = x;
-  if (halo > 0)
-    x_ext = kernels::concat_time(
-        in.halo.defined() ? in.halo : Tensor::zeros({B, halo, D}, x.dtype()), x);
+  const Tensor x_ext = prepend_halo(x, in.halo, halo);
 
   // Router: top-k of the softmax; the renormalised weights equal a softmax over the k chosen
   // logits. Ties go to the lower memory index, so the choice is deterministic.
@@ -463,7 +444,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
 
   // The shared query.
   qp_ = q_proj_.forward(x_ext);
-  q_act_ = activate(qp_, q_conv_ ? &*q_conv_ : nullptr, halo).view({B, T, heads_, dk_});
+  q_act_ = activate(qp_, q_conv_ ? &*q_conv_ : nullptr).view({B, T, heads_, dk_});
   Tensor q = q_act_;
   if (delta_kind_) {
     q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
@@ -471,7 +452,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
     kernels::l2norm_forward(q_act_, kL2Eps, q, q_rstd_);
   }
 
-  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   const size_t n_mem = memories_.size();
   memory_out_.assign(n_mem, Tensor());
   if (out) {
@@ -568,7 +549,7 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
   memory_out_.clear();
   weights_ = Tensor();
 
-  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   Tensor dq = Tensor::zeros({B, T, heads_, dk_}, dy.dtype());
   Tensor dx_ext = Tensor::zeros({B, T + halo, dy.dim(2)}, dy.dtype());
   if (out) out->d_states.assign(n_mem, Tensor());
@@ -587,15 +568,10 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
     kernels::l2norm_backward(q_act_, q_rstd_, dq, dq_act);
   }
   kernels::add_inplace(dx_ext,
-                       q_proj_.backward(activate_backward(qp_, q_conv_ ? &*q_conv_ : nullptr, halo,
+                       q_proj_.backward(activate_backward(qp_, q_conv_ ? &*q_conv_ : nullptr,
                                                           dq_act.view({B, T, heads_ * dk_}))));
   qp_ = q_act_ = q_rstd_ = Tensor();
-  if (halo > 0) {
-    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
-    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
-  } else {
-    kernels::add_inplace(dx, dx_ext);
-  }
+  kernels::add_inplace(dx, split_halo(dx_ext, halo, out ? &out->d_halo : nullptr));
   return dx;
 }
 
