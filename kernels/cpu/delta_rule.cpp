@@ -11,18 +11,21 @@
 #include <type_traits>
 #include <vector>
 
-#include "core/util/check.h"
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/tiles.h"
 
 namespace linea::kernels {
 namespace {
 
-struct Dims {
-  int64_t B, T, H, Dk, Dv;
-};
-
-const char* kChunkHint =
-    "choose a chunk size that divides the sequence length (for example a power of two no larger "
-    "than it), or pad the sequence to a multiple of the chunk";
+using cpu::gather;
+using cpu::gemm;
+using cpu::head_rows;
+using cpu::HeadDims;
+using cpu::HeadRows;
+using cpu::load_state;
+using cpu::read_state;
+using cpu::scatter;
+using cpu::store_state;
 
 void check_dtype_device(const Tensor& t, DType dtype, const char* op, const char* name) {
   LINEA_CHECK(t.dtype() == dtype) << op << ": " << name << " is " << dtype_name(t.dtype())
@@ -44,17 +47,18 @@ void check_optional(const Tensor& t, const Shape& want, DType dtype, const char*
   if (t.defined()) check_like(t, want, dtype, op, name);
 }
 
-Shape state_shape(const Dims& d) { return {d.B, d.H, d.Dk, d.Dv}; }
-Shape gate_shape(const Dims& d) { return {d.B, d.T, d.H}; }
+Shape state_shape(const HeadDims& d) { return {d.B, d.H, d.Dk, d.Dv}; }
+Shape gate_shape(const HeadDims& d) { return {d.B, d.T, d.H}; }
 
 // Checks k, beta and the optional g; v (when given) and q are checked by check_inputs.
-Dims check_keys_and_gates(const Tensor& k, const Tensor& g, const Tensor& beta, const char* op) {
+HeadDims check_keys_and_gates(const Tensor& k, const Tensor& g, const Tensor& beta,
+                              const char* op) {
   LINEA_CHECK(k.defined()) << op << ": k is required";
   LINEA_CHECK(k.ndim() == 4) << op << ": k must be [B, T, H, Dk], got " << shape_str(k.shape());
   LINEA_CHECK(k.dtype() == DType::kF32 || k.dtype() == DType::kF64)
       << op << ": f32 or f64 only, got " << dtype_name(k.dtype());
   LINEA_CHECK(k.device().is_cpu()) << op << ": CPU kernel got a tensor on " << k.device().str();
-  const Dims d{k.dim(0), k.dim(1), k.dim(2), k.dim(3), 0};
+  const HeadDims d{k.dim(0), k.dim(1), k.dim(2), k.dim(3), 0};
   // cblas takes int dimensions.
   LINEA_CHECK(d.T <= INT_MAX && d.Dk <= INT_MAX)
       << op << ": dimensions too large for BLAS: " << shape_str(k.shape());
@@ -63,9 +67,9 @@ Dims check_keys_and_gates(const Tensor& k, const Tensor& g, const Tensor& beta, 
   return d;
 }
 
-Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                  const Tensor& beta, const char* op) {
-  Dims d = check_keys_and_gates(k, g, beta, op);
+HeadDims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                      const Tensor& beta, const char* op) {
+  HeadDims d = check_keys_and_gates(k, g, beta, op);
   LINEA_CHECK(q.defined() && v.defined()) << op << ": q and v are required";
   LINEA_CHECK(q.shape() == k.shape())
       << op << ": q " << shape_str(q.shape()) << " must match k " << shape_str(k.shape());
@@ -79,27 +83,12 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   return d;
 }
 
-void check_chunk(int64_t chunk, const Dims& d, const char* op) {
-  LINEA_USER_CHECK(chunk > 0 && d.T % chunk == 0, kChunkHint)
-      << op << ": chunk " << chunk
-      << " must be positive and divide the sequence length T = " << d.T;
+void check_delta_chunk(int64_t chunk, const HeadDims& d, const char* op) {
+  cpu::check_chunk(chunk, d, op);
   // The [C, C] tiles are indexed in int (BLAS's type); a chunk this long would also cost C^2
   // memory and intra-chunk work far past any speed-up.
   LINEA_USER_CHECK(chunk <= 32768, "use a chunk of at most a few hundred tokens (64 is typical)")
       << op << ": chunk " << chunk << " is too large for the [C, C] intra-chunk tiles";
-}
-
-// Row-major C = alpha * op(A) op(B) + beta * C; lda/ldb/ldc are the stored row lengths.
-template <typename T>
-void gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-          T beta, T* c, int ldc) {
-  const auto opa = ta ? CblasTrans : CblasNoTrans;
-  const auto opb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
 }
 
 // Solves (I + L) X = X in place (or (I + L)^T X = X when `transposed`), with L the strictly
@@ -121,62 +110,20 @@ T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// One (b, h) stream of a [B, T, H, D] tensor (or of a [B, T, H] gate, D = 1): `stride` apart.
-template <typename T>
-struct HeadRows {
-  T* base;
-  int64_t stride;
-  T* row(int64_t t) const { return base + t * stride; }
-};
-
-template <typename T>
-HeadRows<T> head_rows(const Tensor& x, const Dims& d, int64_t b, int64_t h) {
-  if (!x.defined()) return {nullptr, 0};
-  const int64_t D = x.ndim() == 4 ? x.dim(3) : 1;
-  return {x.data<T>() + (b * d.T * d.H + h) * D, d.H * D};
-}
-
-// BLAS runs on contiguous [C, D] tiles; the head's rows in [B, T, H, D] are H*D apart.
-template <typename T>
-void gather(const HeadRows<T>& src, int64_t t0, int64_t C, int64_t D, T* dst) {
-  for (int64_t i = 0; i < C; ++i) std::copy_n(src.row(t0 + i), D, dst + i * D);
-}
-
-template <typename T>
-void scatter(const T* src, int64_t t0, int64_t C, int64_t D, const HeadRows<T>& dst) {
-  for (int64_t i = 0; i < C; ++i) std::copy_n(src + i * D, D, dst.row(t0 + i));
-}
-
-template <typename T>
-void load_state(const Tensor& s, const Dims& d, int64_t b, int64_t h, int64_t size,
-                std::vector<T>& out) {
-  if (!s.defined()) {
-    std::fill(out.begin(), out.end(), T(0));
-    return;
-  }
-  std::copy_n(s.data<T>() + (b * d.H + h) * size, size, out.begin());
-}
-
-template <typename T>
-void store_state(const std::vector<T>& in, const Dims& d, int64_t b, int64_t h, int64_t size,
-                 Tensor& s) {
-  std::copy_n(in.begin(), size, s.data<T>() + (b * d.H + h) * size);
-}
-
 // ---- recurrent forward (the reference) -----------------------------------------------------
 
 template <typename T>
 void recurrent_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                       const Tensor& beta, T scale, const Dims& d, const Tensor& initial_state,
+                       const Tensor& beta, T scale, const HeadDims& d, const Tensor& initial_state,
                        Tensor& o, Tensor& final_state) {
   const int64_t Dk = d.Dk, Dv = d.Dv;
   std::vector<T> S(Dk * Dv), kS(Dv);
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t h = 0; h < d.H; ++h) {
-      const auto Q = head_rows<T>(q, d, b, h), K = head_rows<T>(k, d, b, h);
-      const auto V = head_rows<T>(v, d, b, h), O = head_rows<T>(o, d, b, h);
-      const auto G = head_rows<T>(g, d, b, h), Beta = head_rows<T>(beta, d, b, h);
-      load_state(initial_state, d, b, h, Dk * Dv, S);
+      const auto Q = head_rows<T>(q, b, h), K = head_rows<T>(k, b, h);
+      const auto V = head_rows<T>(v, b, h), O = head_rows<T>(o, b, h);
+      const auto G = head_rows<T>(g, b, h), Beta = head_rows<T>(beta, b, h);
+      load_state(initial_state, b, h, Dk * Dv, S.data());
       for (int64_t t = 0; t < d.T; ++t) {
         const T *qt = Q.row(t), *kt = K.row(t), *vt = V.row(t);
         const T a = G.base ? std::exp(*G.row(t)) : T(1), bt = *Beta.row(t);
@@ -186,14 +133,9 @@ void recurrent_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
         for (int64_t i = 0; i < Dk; ++i)
           for (int64_t j = 0; j < Dv; ++j)
             S[i * Dv + j] = a * (S[i * Dv + j] - bt * kt[i] * kS[j]) + bt * kt[i] * vt[j];
-        T* ot = O.row(t);
-        for (int64_t j = 0; j < Dv; ++j) {
-          T acc = 0;
-          for (int64_t i = 0; i < Dk; ++i) acc += qt[i] * S[i * Dv + j];
-          ot[j] = scale * acc;
-        }
+        read_state(qt, S.data(), Dk, Dv, scale, O.row(t));
       }
-      if (final_state.defined()) store_state(S, d, b, h, Dk * Dv, final_state);
+      if (final_state.defined()) store_state(S.data(), b, h, Dk * Dv, final_state);
     }
   }
 }
@@ -209,9 +151,9 @@ struct HeadStreams {
 
 template <typename T>
 HeadStreams<T> head_streams(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                            const Tensor& beta, const Dims& d, int64_t b, int64_t h) {
-  return {head_rows<T>(q, d, b, h), head_rows<T>(k, d, b, h), head_rows<T>(v, d, b, h),
-          head_rows<T>(g, d, b, h), head_rows<T>(beta, d, b, h)};
+                            const Tensor& beta, int64_t b, int64_t h) {
+  return {head_rows<T>(q, b, h), head_rows<T>(k, b, h), head_rows<T>(v, b, h),
+          head_rows<T>(g, b, h), head_rows<T>(beta, b, h)};
 }
 
 // Everything one chunk's forward builds, kept so that the backward can reuse it. [C, C] tiles are
@@ -318,16 +260,16 @@ struct ChunkFactors {
 
 template <typename T>
 void chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                     const Tensor& beta, T scale, int64_t chunk, const Dims& d,
+                     const Tensor& beta, T scale, int64_t chunk, const HeadDims& d,
                      const Tensor& initial_state, Tensor& o, Tensor& final_state) {
   const int C = static_cast<int>(chunk), Dk = static_cast<int>(d.Dk), Dv = static_cast<int>(d.Dv);
   ChunkFactors<T> f(C, Dk, Dv);
   std::vector<T> S(d.Dk * d.Dv), out(C * d.Dv);
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t h = 0; h < d.H; ++h) {
-      const auto s = head_streams<T>(q, k, v, g, beta, d, b, h);
-      const auto O = head_rows<T>(o, d, b, h);
-      load_state(initial_state, d, b, h, d.Dk * d.Dv, S);
+      const auto s = head_streams<T>(q, k, v, g, beta, b, h);
+      const auto O = head_rows<T>(o, b, h);
+      load_state(initial_state, b, h, d.Dk * d.Dv, S.data());
       for (int64_t t0 = 0; t0 < d.T; t0 += C) {
         f.build(s, t0, true);
         f.correct_values(S.data());
@@ -336,7 +278,7 @@ void chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
         f.advance(S.data());
         scatter(out.data(), t0, C, Dv, O);
       }
-      if (final_state.defined()) store_state(S, d, b, h, d.Dk * d.Dv, final_state);
+      if (final_state.defined()) store_state(S.data(), b, h, d.Dk * d.Dv, final_state);
     }
   }
 }
@@ -345,14 +287,14 @@ void chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
 
 template <typename T>
 void chunked_transition(const Tensor& k, const Tensor& g, const Tensor& beta, int64_t chunk,
-                        const Dims& d, Tensor& transition) {
+                        const HeadDims& d, Tensor& transition) {
   const int C = static_cast<int>(chunk), Dk = static_cast<int>(d.Dk);
   ChunkFactors<T> f(C, Dk, 0);
   std::vector<T> A(d.Dk * d.Dk), A_chunk(d.Dk * d.Dk), next(d.Dk * d.Dk);
   const Tensor none;
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t h = 0; h < d.H; ++h) {
-      const auto s = head_streams<T>(none, k, none, g, beta, d, b, h);
+      const auto s = head_streams<T>(none, k, none, g, beta, b, h);
       std::fill(A.begin(), A.end(), T(0));
       for (int i = 0; i < Dk; ++i) A[i * Dk + i] = 1;
       for (int64_t t0 = 0; t0 < d.T; t0 += C) {
@@ -365,7 +307,7 @@ void chunked_transition(const Tensor& k, const Tensor& g, const Tensor& beta, in
                 Dk);
         A.swap(next);
       }
-      store_state(A, d, b, h, d.Dk * d.Dk, transition);
+      store_state(A.data(), b, h, d.Dk * d.Dk, transition);
     }
   }
 }
@@ -486,7 +428,7 @@ void chunk_backward(const ChunkFactors<T>& f, const T* S, T scale, bool gated, s
 
 template <typename T>
 void chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
-                      const Tensor& beta, T scale, int64_t chunk, const Dims& d,
+                      const Tensor& beta, T scale, int64_t chunk, const HeadDims& d,
                       const Tensor& initial_state, const Tensor& d_o, const Tensor& d_final_state,
                       Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dg, Tensor& dbeta,
                       Tensor& d_initial_state) {
@@ -501,13 +443,13 @@ void chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const T
   std::vector<T> S(state_size), dS(state_size);
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t h = 0; h < d.H; ++h) {
-      const auto s = head_streams<T>(q, k, v, g, beta, d, b, h);
-      const auto dO = head_rows<T>(d_o, d, b, h);
-      const auto dQ = head_rows<T>(dq, d, b, h), dK = head_rows<T>(dk, d, b, h);
-      const auto dV = head_rows<T>(dv, d, b, h), dG = head_rows<T>(dg, d, b, h);
-      const auto dBeta = head_rows<T>(dbeta, d, b, h);
+      const auto s = head_streams<T>(q, k, v, g, beta, b, h);
+      const auto dO = head_rows<T>(d_o, b, h);
+      const auto dQ = head_rows<T>(dq, b, h), dK = head_rows<T>(dk, b, h);
+      const auto dV = head_rows<T>(dv, b, h), dG = head_rows<T>(dg, b, h);
+      const auto dBeta = head_rows<T>(dbeta, b, h);
 
-      load_state(initial_state, d, b, h, state_size, S);
+      load_state(initial_state, b, h, state_size, S.data());
       for (int64_t c = 0; c < n_chunks; ++c) {
         std::copy(S.begin(), S.end(), states.begin() + c * state_size);
         if (c + 1 == n_chunks) break;
@@ -516,7 +458,7 @@ void chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const T
         f.advance(S.data());
       }
 
-      load_state(d_final_state, d, b, h, state_size, dS);
+      load_state(d_final_state, b, h, state_size, dS.data());
       for (int64_t c = n_chunks - 1; c >= 0; --c) {
         const int64_t t0 = c * C;
         const T* Sc = states.data() + c * state_size;
@@ -531,7 +473,7 @@ void chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const T
         scatter(gr.dbeta.data(), t0, C, 1, dBeta);
         if (gated) scatter(gr.dg.data(), t0, C, 1, dG);
       }
-      if (d_initial_state.defined()) store_state(dS, d, b, h, state_size, d_initial_state);
+      if (d_initial_state.defined()) store_state(dS.data(), b, h, state_size, d_initial_state);
     }
   }
 }
@@ -542,33 +484,30 @@ void delta_rule_recurrent_forward(const Tensor& q, const Tensor& k, const Tensor
                                   const Tensor& g, const Tensor& beta, double scale,
                                   const Tensor& initial_state, Tensor& o, Tensor& final_state) {
   const char* op = "delta_rule_recurrent_forward";
-  const Dims d = check_inputs(q, k, v, g, beta, op);
+  const HeadDims d = check_inputs(q, k, v, g, beta, op);
   check_optional(initial_state, state_shape(d), k.dtype(), op, "initial_state");
   check_like(o, v.shape(), k.dtype(), op, "o");
   check_optional(final_state, state_shape(d), k.dtype(), op, "final_state");
-  if (k.dtype() == DType::kF32) {
-    recurrent_forward<float>(q, k, v, g, beta, static_cast<float>(scale), d, initial_state, o,
-                             final_state);
-  } else {
-    recurrent_forward<double>(q, k, v, g, beta, scale, d, initial_state, o, final_state);
-  }
+  cpu::dispatch_float(k.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    recurrent_forward<T>(q, k, v, g, beta, static_cast<T>(scale), d, initial_state, o, final_state);
+  });
 }
 
 void delta_rule_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                                 const Tensor& beta, double scale, int64_t chunk,
                                 const Tensor& initial_state, Tensor& o, Tensor& final_state) {
   const char* op = "delta_rule_chunked_forward";
-  const Dims d = check_inputs(q, k, v, g, beta, op);
-  check_chunk(chunk, d, op);
+  const HeadDims d = check_inputs(q, k, v, g, beta, op);
+  check_delta_chunk(chunk, d, op);
   check_optional(initial_state, state_shape(d), k.dtype(), op, "initial_state");
   check_like(o, v.shape(), k.dtype(), op, "o");
   check_optional(final_state, state_shape(d), k.dtype(), op, "final_state");
-  if (k.dtype() == DType::kF32) {
-    chunked_forward<float>(q, k, v, g, beta, static_cast<float>(scale), chunk, d, initial_state, o,
-                           final_state);
-  } else {
-    chunked_forward<double>(q, k, v, g, beta, scale, chunk, d, initial_state, o, final_state);
-  }
+  cpu::dispatch_float(k.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    chunked_forward<T>(q, k, v, g, beta, static_cast<T>(scale), chunk, d, initial_state, o,
+                       final_state);
+  });
 }
 
 void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
@@ -577,9 +516,9 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
                                  const Tensor& d_final_state, Tensor& dq, Tensor& dk, Tensor& dv,
                                  Tensor& dg, Tensor& dbeta, Tensor& d_initial_state) {
   const char* op = "delta_rule_chunked_backward";
-  const Dims d = check_inputs(q, k, v, g, beta, op);
+  const HeadDims d = check_inputs(q, k, v, g, beta, op);
   const DType dt = k.dtype();
-  check_chunk(chunk, d, op);
+  check_delta_chunk(chunk, d, op);
   check_optional(initial_state, state_shape(d), dt, op, "initial_state");
   check_like(d_o, v.shape(), dt, op, "d_o");
   check_optional(d_final_state, state_shape(d), dt, op, "d_final_state");
@@ -594,26 +533,23 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
                                << "differentiate); pass an undefined dg";
   }
   check_optional(d_initial_state, state_shape(d), dt, op, "d_initial_state");
-  if (dt == DType::kF32) {
-    chunked_backward<float>(q, k, v, g, beta, static_cast<float>(scale), chunk, d, initial_state,
-                            d_o, d_final_state, dq, dk, dv, dg, dbeta, d_initial_state);
-  } else {
-    chunked_backward<double>(q, k, v, g, beta, scale, chunk, d, initial_state, d_o, d_final_state,
-                             dq, dk, dv, dg, dbeta, d_initial_state);
-  }
+  cpu::dispatch_float(dt, [&](auto zero) {
+    using T = decltype(zero);
+    chunked_backward<T>(q, k, v, g, beta, static_cast<T>(scale), chunk, d, initial_state, d_o,
+                        d_final_state, dq, dk, dv, dg, dbeta, d_initial_state);
+  });
 }
 
 void delta_rule_chunked_transition(const Tensor& k, const Tensor& g, const Tensor& beta,
                                    int64_t chunk, Tensor& transition) {
   const char* op = "delta_rule_chunked_transition";
-  const Dims d = check_keys_and_gates(k, g, beta, op);
-  check_chunk(chunk, d, op);
+  const HeadDims d = check_keys_and_gates(k, g, beta, op);
+  check_delta_chunk(chunk, d, op);
   check_like(transition, {d.B, d.H, d.Dk, d.Dk}, k.dtype(), op, "transition");
-  if (k.dtype() == DType::kF32) {
-    chunked_transition<float>(k, g, beta, chunk, d, transition);
-  } else {
-    chunked_transition<double>(k, g, beta, chunk, d, transition);
-  }
+  cpu::dispatch_float(k.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    chunked_transition<T>(k, g, beta, chunk, d, transition);
+  });
 }
 
 }  // namespace linea::kernels

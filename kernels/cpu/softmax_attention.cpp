@@ -2,19 +2,23 @@
 // is in kernels/softmax_attention.h.
 #include "kernels/softmax_attention.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
-#include "core/util/check.h"
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/tiles.h"
 
 namespace linea::kernels {
 namespace {
+
+using cpu::check_operand;
+using cpu::gather;
+using cpu::gemm;
+using cpu::head_rows;
+using cpu::scatter;
 
 // Queries per block: a [64, Tk] score tile stays small (128 KiB in f32 at Tk = 512) while each
 // BLAS call still has enough rows to run at speed.
@@ -68,40 +72,7 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Causa
 
 void check_like(const Tensor& t, const Shape& want, DType dtype, const char* op, const char* name) {
   LINEA_CHECK(t.defined()) << op << ": " << name << " is required";
-  LINEA_CHECK(t.shape() == want) << op << ": " << name << " must be " << shape_str(want) << ", got "
-                                 << shape_str(t.shape());
-  LINEA_CHECK(t.dtype() == dtype) << op << ": " << name << " is " << dtype_name(t.dtype())
-                                  << ", inputs are " << dtype_name(dtype);
-  LINEA_CHECK(t.device().is_cpu()) << op << ": " << name << " is on " << t.device().str();
-}
-
-// Row-major C = alpha * op(A) op(B) + beta * C; lda/ldb/ldc are the stored row lengths.
-template <typename T>
-void gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-          T beta, T* c, int ldc) {
-  const auto opa = ta ? CblasTrans : CblasNoTrans;
-  const auto opb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-}
-
-// Rows t0 .. t0+n-1 of head h of batch b in a [B, T, H, W] tensor, to or from a packed [n, W]
-// tile: BLAS then sees contiguous operands instead of rows H*W apart.
-template <typename T>
-void gather(const Tensor& x, int64_t b, int64_t h, int64_t t0, int64_t n, T* dst) {
-  const int64_t seq = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const T* src = x.data<T>() + ((b * seq + t0) * H + h) * W;
-  for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * H * W, W, dst + i * W);
-}
-
-template <typename T>
-void scatter(const T* src, int64_t b, int64_t h, int64_t t0, int64_t n, Tensor& x) {
-  const int64_t seq = x.dim(1), H = x.dim(2), W = x.dim(3);
-  T* dst = x.data<T>() + ((b * seq + t0) * H + h) * W;
-  for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * W, W, dst + i * H * W);
+  check_operand(t, want, dtype, op, name);
 }
 
 // The keys one block of queries [i0, i1) can see, and each row's own visible span inside them.
@@ -155,21 +126,22 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, T scale, const C
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t g = 0; g < d.Hkv; ++g) {
       // Packed once per kv head, then read by every query head of its group.
-      gather(k, b, g, 0, d.Tk, K.data());
-      gather(v, b, g, 0, d.Tk, V.data());
+      gather(head_rows<T>(k, b, g), 0, d.Tk, d.D, K.data());
+      gather(head_rows<T>(v, b, g), 0, d.Tk, d.Dv, V.data());
       for (int64_t h = g * d.group(); h < (g + 1) * d.group(); ++h) {
+        const auto Qh = head_rows<T>(q, b, h), Oh = head_rows<T>(o, b, h);
         T* lse_bh = lse.data<T>() + (b * d.Hq + h) * d.Tq;
         for (int64_t i0 = 0; i0 < d.Tq; i0 += kQueryBlock) {
           const int64_t nb = std::min(kQueryBlock, d.Tq - i0);
           const KeySpan span = block_keys(i0, i0 + nb, m);
           const int n = static_cast<int>(span.n), rows = static_cast<int>(nb);
-          gather(q, b, h, i0, nb, Q.data());
+          gather(Qh, i0, nb, d.D, Q.data());
           gemm<T>(false, true, rows, n, D, scale, Q.data(), D, K.data() + span.lo * D, D, T(0),
                   S.data(), n);
           scores_to_probs(S.data(), nb, i0, span, m, true, lse_bh + i0);
           gemm<T>(false, false, rows, Dv, n, T(1), S.data(), n, V.data() + span.lo * Dv, Dv, T(0),
                   O.data(), Dv);
-          scatter(O.data(), b, h, i0, nb, o);
+          scatter(O.data(), i0, nb, d.Dv, Oh);
         }
       }
     }
@@ -187,12 +159,14 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
   std::vector<double> delta(kQueryBlock);
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t g = 0; g < d.Hkv; ++g) {
-      gather(k, b, g, 0, d.Tk, K.data());
-      gather(v, b, g, 0, d.Tk, V.data());
+      gather(head_rows<T>(k, b, g), 0, d.Tk, d.D, K.data());
+      gather(head_rows<T>(v, b, g), 0, d.Tk, d.Dv, V.data());
       // The group's query heads all add into one dK, dV before it is written out.
       std::fill(dK.begin(), dK.end(), T(0));
       std::fill(dV.begin(), dV.end(), T(0));
       for (int64_t h = g * d.group(); h < (g + 1) * d.group(); ++h) {
+        const auto Qh = head_rows<T>(q, b, h), Oh = head_rows<T>(o, b, h);
+        const auto dOh = head_rows<T>(d_o, b, h), dQh = head_rows<T>(dq, b, h);
         T* lse_bh = lse.data<T>() + (b * d.Hq + h) * d.Tq;
         for (int64_t i0 = 0; i0 < d.Tq; i0 += kQueryBlock) {
           const int64_t nb = std::min(kQueryBlock, d.Tq - i0);
@@ -200,9 +174,9 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
           const int n = static_cast<int>(span.n), rows = static_cast<int>(nb);
           T* Kb = K.data() + span.lo * D;
           T* Vb = V.data() + span.lo * Dv;
-          gather(q, b, h, i0, nb, Q.data());
-          gather(o, b, h, i0, nb, O.data());
-          gather(d_o, b, h, i0, nb, dO.data());
+          gather(Qh, i0, nb, d.D, Q.data());
+          gather(Oh, i0, nb, d.Dv, O.data());
+          gather(dOh, i0, nb, d.Dv, dO.data());
 
           gemm<T>(false, true, rows, n, D, scale, Q.data(), D, Kb, D, T(0), P.data(), n);
           scores_to_probs(P.data(), nb, i0, span, m, false, lse_bh + i0);
@@ -226,11 +200,11 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
           gemm<T>(false, false, rows, D, n, scale, dS.data(), n, Kb, D, T(0), dQ.data(), D);
           gemm<T>(true, false, n, D, rows, scale, dS.data(), n, Q.data(), D, T(1),
                   dK.data() + span.lo * D, D);
-          scatter(dQ.data(), b, h, i0, nb, dq);
+          scatter(dQ.data(), i0, nb, d.D, dQh);
         }
       }
-      scatter(dK.data(), b, g, 0, d.Tk, dk);
-      scatter(dV.data(), b, g, 0, d.Tk, dv);
+      scatter(dK.data(), 0, d.Tk, d.D, head_rows<T>(dk, b, g));
+      scatter(dV.data(), 0, d.Tk, d.Dv, head_rows<T>(dv, b, g));
     }
   }
 }
@@ -243,11 +217,10 @@ void softmax_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   const Dims d = check_inputs(q, k, v, mask, op);
   check_like(o, {d.B, d.Tq, d.Hq, d.Dv}, q.dtype(), op, "o");
   check_like(lse, {d.B, d.Hq, d.Tq}, q.dtype(), op, "lse");
-  if (q.dtype() == DType::kF32) {
-    forward<float>(q, k, v, static_cast<float>(scale), mask, d, o, lse);
-  } else {
-    forward<double>(q, k, v, scale, mask, d, o, lse);
-  }
+  cpu::dispatch_float(q.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    forward<T>(q, k, v, static_cast<T>(scale), mask, d, o, lse);
+  });
 }
 
 void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
@@ -261,11 +234,10 @@ void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
   check_like(dq, q.shape(), q.dtype(), op, "dq");
   check_like(dk, k.shape(), q.dtype(), op, "dk");
   check_like(dv, v.shape(), q.dtype(), op, "dv");
-  if (q.dtype() == DType::kF32) {
-    backward<float>(q, k, v, o, lse, d_o, static_cast<float>(scale), mask, d, dq, dk, dv);
-  } else {
-    backward<double>(q, k, v, o, lse, d_o, scale, mask, d, dq, dk, dv);
-  }
+  cpu::dispatch_float(q.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    backward<T>(q, k, v, o, lse, d_o, static_cast<T>(scale), mask, d, dq, dk, dv);
+  });
 }
 
 }  // namespace linea::kernels

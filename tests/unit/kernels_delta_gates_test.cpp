@@ -1,10 +1,11 @@
-// kernels/delta_gates.h: formulas, finite-difference gradients in f64, stability at large logits.
+// kernels/gates.h (the delta-rule gates): formulas, finite-difference gradients in f64, stability
+// at large logits.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "common/gradcheck.h"
-#include "kernels/delta_gates.h"
+#include "kernels/gates.h"
 
 namespace linea {
 namespace {

@@ -6,13 +6,13 @@
 #include <cmath>
 
 #include "kernels/elementwise.h"
-#include "kernels/sequence.h"
+#include "kernels/gates.h"
 
 namespace linea {
 namespace {
 
 using MC = config::MixerConfig;
-using decay_ops::Act;
+using kernels::Activation;
 
 int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
   return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
@@ -74,20 +74,20 @@ DecayAttention::DecayAttention(const MixerContext& ctx, const MC& m)
   }
   switch (kind_) {
     case MC::LIGHTNING:
-      qk_act_ = Act::kSilu;
-      out_gate_act_ = Act::kSigmoid;
+      qk_act_ = Activation::kSilu;
+      out_gate_act_ = Activation::kSigmoid;
       break;
     case MC::HGRN2:
-      qk_act_ = Act::kSilu;  // the query: HGRN's output gate, swish in fla's HGRN2
+      qk_act_ = Activation::kSilu;  // the query: HGRN's output gate, swish in fla's HGRN2
       lower_bound_ = m.forget_lower_bound();
       break;
     case MC::SIMPLE_GLA:
-      gate_inv_normalizer_ = 1.0 / m.gate_logit_normalizer();
+      gate_normalizer_ = m.gate_logit_normalizer();
       gk_proj_.emplace(ctx.prefix + ".gk_proj", ctx.hidden, heads_, ctx.dtype);
       gk_bias_ = make_parameter(ctx.prefix + ".gk_proj.bias", {heads_}, ctx.dtype, false);
       break;
     case MC::GLA:
-      gate_inv_normalizer_ = 1.0 / m.gate_logit_normalizer();
+      gate_normalizer_ = m.gate_logit_normalizer();
       gk_proj_.emplace(ctx.prefix + ".gk_proj.0", ctx.hidden, m.gate_low_rank(), ctx.dtype);
       gk_up_.emplace(ctx.prefix + ".gk_proj.1", m.gate_low_rank(), heads_ * dk_, ctx.dtype);
       gk_bias_ = make_parameter(ctx.prefix + ".gk_proj.1.bias", {heads_ * dk_}, ctx.dtype, false);
@@ -130,26 +130,19 @@ void DecayAttention::collect(ParameterList& out) {
 }
 
 // x W (and the short convolution when on; xs then carries the halo rows).
-Tensor DecayAttention::project(Linear& proj, std::optional<decay_ops::ShortConv>& conv,
-                               const Tensor& xs) {
+Tensor DecayAttention::project(Linear& proj, std::optional<ShortConv>& conv, const Tensor& xs) {
   Tensor p = proj.forward(xs);
   return conv ? conv->forward(p) : p;
 }
 
-Tensor DecayAttention::project_backward(Linear& proj, std::optional<decay_ops::ShortConv>& conv,
+Tensor DecayAttention::project_backward(Linear& proj, std::optional<ShortConv>& conv,
                                         const Tensor& d) {
   return proj.backward(conv ? conv->backward(d) : d);
 }
 
 Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
-  Tensor xs = x;
-  if (halo > 0) {
-    LINEA_CHECK(!in.halo.defined() || (in.halo.dim(0) == B && in.halo.dim(1) == halo))
-        << "halo " << shape_str(in.halo.shape()) << ", expected " << halo << " rows";
-    xs = in.halo.defined() ? kernels::concat_time(in.halo, x)
-                           : decay_ops::zero_rows_in_front(x, halo);
-  }
+  const Tensor xs = prepend_halo(x, in.halo, halo);
   q_pre_ = project(q_proj_, q_conv_, xs).view({B, T, heads_, dk_});
   k_pre_ = project(k_proj_, k_conv_, xs).view({B, T, heads_, dk_});
   Tensor v = project(v_proj_, v_conv_, xs).view({B, T, heads_, dv_});
@@ -170,12 +163,15 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
       gate_logits_ = gk_proj_->forward(x);
       if (gk_up_) gate_logits_ = gk_up_->forward(gate_logits_);
       decay_ops::add_bias(gate_logits_, gk_bias_->value);
-      gk = decay_ops::log_sigmoid_forward(gate_logits_, gate_inv_normalizer_);
+      gk = Tensor::empty(gate_logits_.shape(), x.dtype());
+      kernels::log_sigmoid_decay_forward(gate_logits_, gate_normalizer_, gk);
       gk = kind_ == MC::GLA ? gk.view({B, T, heads_, dk_}) : gk.view({B, T, heads_});
       break;
     }
     case MC::HGRN2:
-      decay_ops::forget_gate_forward(k_pre_, lower_bound_, gk, k);
+      gk = Tensor::empty(k_pre_.shape(), x.dtype());
+      k = Tensor::empty(k_pre_.shape(), x.dtype());
+      kernels::forget_gate_forward(k_pre_, lower_bound_, gk, k);
       break;
     default:
       break;
@@ -195,7 +191,8 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
   if (g_proj_) {
     gate_in_ = g_proj_->forward(x);
     normed_ = o;
-    o = decay_ops::gate_forward(out_gate_act_, gate_in_, o);
+    o = Tensor::empty(normed_.shape(), x.dtype());
+    kernels::output_gate_forward(out_gate_act_, gate_in_, normed_, o);
   }
   return o_proj_.forward(o);
 }
@@ -212,8 +209,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
       dx = t;
   };
   if (g_proj_) {
-    Tensor dg, dn;
-    decay_ops::gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
+    Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype());
+    Tensor dn = Tensor::empty(normed_.shape(), dy.dtype());
+    kernels::output_gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
     add_dx(g_proj_->backward(dg));
     d_o = dn;
     gate_in_ = normed_ = Tensor();
@@ -233,8 +231,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
     case MC::SIMPLE_GLA:
     case MC::GLA: {
       dk = g.dk;
-      Tensor dz = decay_ops::log_sigmoid_backward(gate_logits_, g.dgk.view(gate_logits_.shape()),
-                                                  gate_inv_normalizer_);
+      Tensor dz = Tensor::empty(gate_logits_.shape(), dy.dtype());
+      kernels::log_sigmoid_decay_backward(gate_logits_, g.dgk.view(gate_logits_.shape()),
+                                          gate_normalizer_, dz);
       decay_ops::bias_backward(dz, gk_bias_->grad);
       if (gk_up_) dz = gk_up_->backward(dz);
       add_dx(gk_proj_->backward(dz));
@@ -242,7 +241,8 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
       break;
     }
     case MC::HGRN2:
-      dk = decay_ops::forget_gate_backward(k_pre_, lower_bound_, g.dgk, g.dk);
+      dk = Tensor::empty(k_pre_.shape(), dy.dtype());
+      kernels::forget_gate_backward(k_pre_, lower_bound_, g.dgk, g.dk, dk);
       break;
     default:
       break;
@@ -252,10 +252,7 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   Tensor dxs = project_backward(q_proj_, q_conv_, dq.view({B, T, heads_ * dk_}));
   kernels::add_inplace(dxs, project_backward(k_proj_, k_conv_, dk.view({B, T, heads_ * dk_})));
   kernels::add_inplace(dxs, project_backward(v_proj_, v_conv_, g.dv.view({B, T, heads_ * dv_})));
-  if (halo > 0) {
-    if (out) out->d_halo = kernels::slice_time(dxs, 0, halo);
-    dxs = kernels::slice_time(dxs, halo, halo + T);
-  }
+  dxs = split_halo(dxs, halo, out ? &out->d_halo : nullptr);
   if (dx.defined()) kernels::add_inplace(dxs, dx);
   return dxs;
 }

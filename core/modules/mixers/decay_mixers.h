@@ -13,8 +13,10 @@
 #include "core/modules/linear.h"
 #include "core/modules/mixers/decay_ops.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/short_conv.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
+#include "kernels/gates.h"
 
 namespace linea {
 
@@ -35,18 +37,18 @@ class DecayAttention final : public TokenMixer {
   const std::vector<double>& constant_log_decay() const { return log_lambda_; }
 
  private:
-  Tensor project(Linear& proj, std::optional<decay_ops::ShortConv>& conv, const Tensor& xs);
-  Tensor project_backward(Linear& proj, std::optional<decay_ops::ShortConv>& conv, const Tensor& d);
+  Tensor project(Linear& proj, std::optional<ShortConv>& conv, const Tensor& xs);
+  Tensor project_backward(Linear& proj, std::optional<ShortConv>& conv, const Tensor& d);
 
   config::MixerConfig::Kind kind_;
   int64_t heads_, dk_, dv_;
   double scale_;
-  double gate_inv_normalizer_ = 1;  // SIMPLE_GLA, GLA
-  double lower_bound_ = 0;          // HGRN2
-  decay_ops::Act qk_act_ = decay_ops::Act::kIdentity;
-  decay_ops::Act out_gate_act_ = decay_ops::Act::kSilu;
+  double gate_normalizer_ = 1;  // SIMPLE_GLA, GLA
+  double lower_bound_ = 0;      // HGRN2
+  kernels::Activation qk_act_ = kernels::Activation::kIdentity;
+  kernels::Activation out_gate_act_ = kernels::Activation::kSilu;
   Linear q_proj_, k_proj_, v_proj_, o_proj_;  // HGRN2 names k_proj f_proj and v_proj i_proj
-  std::optional<decay_ops::ShortConv> q_conv_, k_conv_, v_conv_;
+  std::optional<ShortConv> q_conv_, k_conv_, v_conv_;
   std::optional<Linear> gk_proj_;     // SIMPLE_GLA [H, D]; GLA's down projection [r, D]
   std::optional<Linear> gk_up_;       // GLA's up projection [H Dk, r]
   std::optional<Parameter> gk_bias_;  // SIMPLE_GLA [H], GLA [H Dk]
@@ -78,7 +80,7 @@ class Mamba2 final : public TokenMixer {
   // Column offsets of in_proj's output: z (when gated), x, B, C, dt.
   int64_t col_x_, col_dt_, proj_width_;
   Linear in_proj_, out_proj_;
-  std::optional<decay_ops::ShortConv> conv_;
+  std::optional<ShortConv> conv_;
   Parameter A_log_, dt_bias_, D_;
   std::optional<RMSNorm> norm_;
   GlaCore core_;

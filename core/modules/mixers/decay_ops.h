@@ -1,47 +1,20 @@
-// The element-wise pieces of the decay mixers (decay_mixers.h): activations, output gates, the
-// log-space decay gates, biases, column blocks of fused projections, and the short causal
-// convolution with its halo. CPU loops on f32/f64 tensors (one dtype per call), element-wise, so
-// forward and backward are exact partners:
-//   act(x):           identity, silu(x) = x sigmoid(x), sigmoid(x)
-//   gate(g, n):       y = n * act(g)                     (output gates)
-//   log_sigmoid:      gk = logsigmoid(z) / c = -softplus(-z) / c   (<= 0 for every z)
-//   forget_gate:      f = lb + (1 - lb) sigmoid(z),  gk = log f,  k = 1 - f = (1 - lb) sigmoid(-z)
-//   softplus:         softplus(z) = max(z, 0) + log1p(exp(-|z|))
-// Backward functions write (`=`) the input gradients they return and accumulate (`+=`) into
-// parameter gradients (bias, convolution weight). Reductions over rows in f64.
+// The module-side pieces of the decay mixers (decay_mixers.h): activations into new tensors (the
+// element-wise math is kernels/gates.h), biases, and column blocks of fused projections (the short
+// convolution with its halo is short_conv.h). CPU loops on f32/f64 tensors (one dtype per call);
+// bias_backward accumulates (`+=`) into the bias gradient, its reductions over rows in f64.
 #pragma once
 
-#include <string>
+#include <vector>
 
 #include "core/modules/module.h"
+#include "kernels/gates.h"
 
 namespace linea::decay_ops {
 
-enum class Act { kIdentity, kSilu, kSigmoid };
-
-Tensor act_forward(Act a, const Tensor& x);
-// dx = dy * act'(x).
-Tensor act_backward(Act a, const Tensor& x, const Tensor& dy);
-
-// y = n * act(g), g and n one shape.
-Tensor gate_forward(Act a, const Tensor& g, const Tensor& n);
-// dg = dy * n * act'(g), dn = dy * act(g).
-void gate_backward(Act a, const Tensor& g, const Tensor& n, const Tensor& dy, Tensor& dg,
-                   Tensor& dn);
-
-// gk = logsigmoid(z) * inv_c; backward dz = dgk * sigmoid(-z) * inv_c.
-Tensor log_sigmoid_forward(const Tensor& z, double inv_c);
-Tensor log_sigmoid_backward(const Tensor& z, const Tensor& dgk, double inv_c);
-
-// HGRN2's lower-bounded forget gate: writes gk = log f and k = 1 - f (both shaped like z).
-void forget_gate_forward(const Tensor& z, double lower_bound, Tensor& gk, Tensor& k);
-// dz = dgk * dlog f/dz + dk * dk/dz.
-Tensor forget_gate_backward(const Tensor& z, double lower_bound, const Tensor& dgk,
-                            const Tensor& dk);
-
-Tensor softplus_forward(const Tensor& z);
-// dz = dy * sigmoid(z).
-Tensor softplus_backward(const Tensor& z, const Tensor& dy);
+// act(x) and dy act'(x) (kernels/gates.h) into new tensors; the identity hands back its input
+// itself, no copy.
+Tensor act_forward(kernels::Activation a, const Tensor& x);
+Tensor act_backward(kernels::Activation a, const Tensor& x, const Tensor& dy);
 
 // y[..., c] += b[c];  bias_backward: db[c] += sum over rows of dy[..., c].
 void add_bias(Tensor& y, const Tensor& b);
@@ -53,31 +26,5 @@ Tensor columns(const Tensor& t, int64_t row0, int64_t c0, int64_t c1);
 void add_columns(Tensor& dst, int64_t row0, int64_t c0, const Tensor& src);
 // The last dimension of each tensor side by side: [B, T, W_i] -> [B, T, sum W_i].
 Tensor concat_columns(const std::vector<Tensor>& parts);
-
-// [B, T, ..] with `rows` zero rows put in front: the gradient of dropped leading outputs, and the
-// halo of a segment that starts the sequence.
-Tensor zero_rows_in_front(const Tensor& t, int64_t rows);
-
-// Short causal depthwise convolution of a segment (kernels/short_conv.h), weight "<name>.weight"
-// [C, K]. The input carries the halo: x [B, K - 1 + T, C], whose first K - 1 rows are the end of
-// the previous segment (zeros at the sequence start); the output is [B, T, C], so the first
-// output sees exactly the rows the whole sequence would give it. Backward returns dx [B, K-1+T, C]
-// whose first K - 1 rows are the halo's gradient.
-class ShortConv {
- public:
-  ShortConv(const std::string& name, int64_t channels, int64_t kernel, bool silu, DType dtype);
-  // PyTorch's default Conv1d initialisation has variance 1 / (3 fan_in), fan_in = K for a
-  // depthwise convolution (mamba_ssm keeps it); we draw a normal of that variance.
-  void init(uint64_t seed);
-  Tensor forward(const Tensor& x);
-  Tensor backward(const Tensor& dy);
-  void collect(ParameterList& out) { out.push_back(&weight_); }
-  int64_t kernel() const { return weight_.value.dim(1); }
-
- private:
-  Parameter weight_;
-  bool silu_;
-  Tensor x_;
-};
 
 }  // namespace linea::decay_ops

@@ -3,11 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/delta_gates.h"  // beta = sigmoid, Mamba2 log decay
 #include "kernels/elementwise.h"  // gradient sums
+#include "kernels/gates.h"        // beta = sigmoid, Mamba2 log decay
 #include "kernels/l2norm.h"       // q, k normalisation
-#include "kernels/sequence.h"     // halo rows in front of x
-#include "kernels/short_conv.h"   // causal depthwise conv + SiLU
 #include "kernels/swiglu.h"       // output gate: SiLU(gate) * normed output
 
 namespace linea {
@@ -57,8 +55,7 @@ ConvProjection::ConvProjection(const std::string& prefix, const std::string& nam
     : proj_(prefix + "." + name + "_proj", in, out, dtype) {
   if (conv_size > 0) {
     // The conv weights decay like fla's (only norms and decay scalars are exempt).
-    conv_ = make_parameter(prefix + "." + name + "_conv1d.weight", {out, conv_size}, dtype,
-                           /*weight_decay=*/true);
+    conv_.emplace(prefix + "." + name + "_conv1d", out, conv_size, /*silu=*/true, dtype);
   } else {
     unit_filter_ = Tensor::empty({out, 1}, dtype);
     unit_filter_.fill_(1.0);
@@ -68,32 +65,25 @@ ConvProjection::ConvProjection(const std::string& prefix, const std::string& nam
 
 void ConvProjection::init(uint64_t seed, double std) {
   init_normal(proj_.weight(), seed, std);
-  if (conv_) init_normal(*conv_, seed, std);  // fla initialises Conv1d like Linear
+  if (conv_) conv_->init(seed, std);  // fla initialises Conv1d like Linear
 }
 
 void ConvProjection::collect_conv(ParameterList& out) {
-  if (conv_) out.push_back(&*conv_);
+  if (conv_) conv_->collect(out);
 }
 
-Tensor ConvProjection::forward(const Tensor& xe, int64_t halo) {
-  pre_ = proj_.forward(xe);
-  Tensor act = Tensor::empty(pre_.shape(), pre_.dtype());
-  kernels::short_conv_forward(pre_, conv_ ? conv_->value : unit_filter_, /*silu=*/true, act);
-  return halo > 0 ? kernels::slice_time(act, halo, act.dim(1)) : act;
+Tensor ConvProjection::forward(const Tensor& xe) {
+  const Tensor pre = proj_.forward(xe);
+  if (conv_) return conv_->forward(pre);
+  pre_ = pre;
+  return short_conv_segment_forward(pre_, unit_filter_, /*silu=*/true);
 }
 
-Tensor ConvProjection::backward(const Tensor& dy, int64_t halo) {
-  // The dropped halo rows of the conv output received no gradient.
-  const Tensor dact =
-      halo > 0 ? kernels::concat_time(Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype()), dy)
-               : dy;
-  Tensor dpre = Tensor::empty(pre_.shape(), pre_.dtype());
-  if (conv_) {
-    kernels::short_conv_backward(pre_, conv_->value, true, dact, dpre, conv_->grad);
-  } else {
-    unit_grad_.zero_();
-    kernels::short_conv_backward(pre_, unit_filter_, true, dact, dpre, unit_grad_);
-  }
+Tensor ConvProjection::backward(const Tensor& dy) {
+  if (conv_) return proj_.backward(conv_->backward(dy));
+  unit_grad_.zero_();
+  const Tensor dpre =
+      short_conv_segment_backward(pre_, unit_filter_, /*silu=*/true, dy, unit_grad_);
   pre_ = Tensor();
   return proj_.backward(dpre);
 }
@@ -169,21 +159,14 @@ void DeltaMixer::collect(ParameterList& out) {
 }
 
 Tensor DeltaMixer::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
-  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
+  const int64_t B = x.dim(0), T = x.dim(1);
   LINEA_CHECK(in.states.size() <= 1) << "a delta mixer has one state, got " << in.states.size();
 
   // q, k, v see the halo (zeros at the start of a sequence: the conv's zero padding).
-  Tensor xe = x;
-  if (halo_ > 0) {
-    const Tensor halo = in.halo.defined() ? in.halo : Tensor::zeros({B, halo_, D}, x.dtype());
-    LINEA_CHECK((halo.shape() == Shape{B, halo_, D}))
-        << "halo " << shape_str(halo.shape()) << ", expected [" << B << ", " << halo_ << ", " << D
-        << "]";
-    xe = kernels::concat_time(halo, x);
-  }
-  q_raw_ = q_branch_.forward(xe, halo_).view({B, T, heads_, dk_});
-  k_raw_ = k_branch_.forward(xe, halo_).view({B, T, heads_, dk_});
-  Tensor v = v_branch_.forward(xe, halo_).view({B, T, heads_, dv_});
+  const Tensor xe = prepend_halo(x, in.halo, halo_);
+  q_raw_ = q_branch_.forward(xe).view({B, T, heads_, dk_});
+  k_raw_ = k_branch_.forward(xe).view({B, T, heads_, dk_});
+  Tensor v = v_branch_.forward(xe).view({B, T, heads_, dv_});
   q_ = Tensor::empty(q_raw_.shape(), x.dtype());
   k_ = Tensor::empty(k_raw_.shape(), x.dtype());
   q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
@@ -256,15 +239,10 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
   kernels::l2norm_backward(k_raw_, k_rstd_, gr.dk, dk);
   q_raw_ = k_raw_ = q_rstd_ = k_rstd_ = q_ = k_ = Tensor();
 
-  Tensor dxe = q_branch_.backward(dq.view({B, T, heads_ * dk_}), halo_);
-  kernels::add_inplace(dxe, k_branch_.backward(dk.view({B, T, heads_ * dk_}), halo_));
-  kernels::add_inplace(dxe, v_branch_.backward(gr.dv.view({B, T, heads_ * dv_}), halo_));
-  if (halo_ == 0) {
-    kernels::add_inplace(dx, dxe);
-    return dx;
-  }
-  if (out) out->d_halo = kernels::slice_time(dxe, 0, halo_);
-  kernels::add_inplace(dx, kernels::slice_time(dxe, halo_, halo_ + T));
+  Tensor dxe = q_branch_.backward(dq.view({B, T, heads_ * dk_}));
+  kernels::add_inplace(dxe, k_branch_.backward(dk.view({B, T, heads_ * dk_})));
+  kernels::add_inplace(dxe, v_branch_.backward(gr.dv.view({B, T, heads_ * dv_})));
+  kernels::add_inplace(dx, split_halo(dxe, halo_, out ? &out->d_halo : nullptr));
   return dx;
 }
 

@@ -23,14 +23,16 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/short_conv.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
 
 namespace linea {
 
 // x (with the halo rows in front) -> projection -> causal depthwise conv + SiLU -> the rows after
-// the halo. Without a conv the same kernel runs with a fixed width-1 unit filter (not a
-// parameter), which leaves exactly SiLU(x W): the activation the papers keep when the conv is off.
+// the halo (short_conv.h). Without a conv the same kernel runs with a fixed width-1 unit filter
+// (not a parameter), which leaves exactly SiLU(x W): the activation the papers keep when the conv
+// is off.
 class ConvProjection {
  public:
   ConvProjection(const std::string& prefix, const std::string& name, int64_t in, int64_t out,
@@ -38,16 +40,16 @@ class ConvProjection {
   void init(uint64_t seed, double std);
   void collect_projection(ParameterList& out) { proj_.collect(out); }
   void collect_conv(ParameterList& out);
-  // xe [B, halo + T, in] -> [B, T, out].
-  Tensor forward(const Tensor& xe, int64_t halo);
-  // dy [B, T, out] -> dxe [B, halo + T, in]; conv weight and projection grads `+=`.
-  Tensor backward(const Tensor& dy, int64_t halo);
+  // xe [B, K - 1 + T, in] -> [B, T, out].
+  Tensor forward(const Tensor& xe);
+  // dy [B, T, out] -> dxe [B, K - 1 + T, in]; conv weight and projection grads `+=`.
+  Tensor backward(const Tensor& dy);
 
  private:
   Linear proj_;
-  std::optional<Parameter> conv_;   // [out, K] when learned
+  std::optional<ShortConv> conv_;   // [out, K] when learned
   Tensor unit_filter_, unit_grad_;  // [out, 1] ones and a scratch gradient, when not
-  Tensor pre_;                      // the projection, saved for the conv backward
+  Tensor pre_;                      // the projection, saved for the unit filter's backward
 };
 
 class DeltaMixer final : public TokenMixer {

@@ -2,9 +2,9 @@
 
 #include <cmath>
 
+#include "core/modules/mixers/decay_ops.h"
 #include "kernels/elementwise.h"
-#include "kernels/sequence.h"
-#include "kernels/short_conv.h"
+#include "kernels/gates.h"
 #include "kernels/swiglu.h"
 
 namespace linea {
@@ -28,15 +28,6 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
   else
     run(double{});
   return y;
-}
-
-double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
-// log(sigmoid(x)) = -softplus(-x), without overflow for either sign.
-double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
-double silu(double x) { return x * sigmoid(x); }
-double silu_grad(double x) {
-  const double s = sigmoid(x);
-  return s * (1 + x * (1 - s));
 }
 
 // Softmax over the last dimension; p * (dp - sum(p dp)) for the backward.
@@ -84,22 +75,6 @@ Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
   return ds;
 }
 
-// Causal depthwise conv + SiLU over [halo; x] projections; the halo rows' outputs are dropped.
-Tensor conv_forward(const Tensor& xp_ext, const Parameter& w, int64_t halo) {
-  Tensor y = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
-  kernels::short_conv_forward(xp_ext, w.value, /*silu=*/true, y);
-  return kernels::slice_time(y, halo, xp_ext.dim(1));
-}
-
-// The dropped rows receive no gradient; returns the gradient of the [halo; x] projections.
-Tensor conv_backward(const Tensor& xp_ext, Parameter& w, int64_t halo, const Tensor& dy) {
-  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
-  Tensor dx = Tensor::empty(xp_ext.shape(), xp_ext.dtype());
-  kernels::short_conv_backward(xp_ext, w.value, /*silu=*/true, kernels::concat_time(pad, dy), dx,
-                               w.grad);
-  return dx;
-}
-
 int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
   LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
       << "model.mixer.num_heads is " << m.num_heads();
@@ -143,12 +118,9 @@ GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::Mi
   if (conv_size_ > 0) {
     LINEA_USER_CHECK(conv_size_ >= 2, "set model.mixer.conv_size >= 2 or short_conv: OFF")
         << "model.mixer.conv_size is " << conv_size_;
-    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
-                             true);
+    q_conv_.emplace(ctx.prefix + ".q_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    k_conv_.emplace(ctx.prefix + ".k_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (m.output_gate() != config::MixerConfig::OFF)
     g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
@@ -162,10 +134,10 @@ void GatedSlotAttention::init(uint64_t seed, double std, double out_std) {
   init_normal(f_proj_.weight(), seed, std);
   if (g_proj_) init_normal(g_proj_->weight(), seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
-  // PyTorch's Conv1d default (uniform with bound 1/sqrt(K), std 1/sqrt(3K)): a conv at the
-  // projections' std would shrink q, k, v by ~std.
+  // PyTorch's Conv1d default (ShortConv::init): a conv at the projections' std would shrink q, k,
+  // v by ~std.
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+    if (*c) (*c)->init(seed);
 }
 
 void GatedSlotAttention::collect(ParameterList& out) {
@@ -174,7 +146,7 @@ void GatedSlotAttention::collect(ParameterList& out) {
   v_proj_.collect(out);
   f_proj_.collect(out);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) out.push_back(&**c);
+    if (*c) (*c)->collect(out);
   if (g_proj_) g_proj_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
@@ -186,14 +158,10 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   // Input side: projections (through the short conv over [halo; x] when it is on), then swish.
   Tensor q_pre, k_pre, v_pre;
   if (halo > 0) {
-    const Tensor h = in.halo.defined() ? in.halo : Tensor::zeros({B, halo, x.dim(2)}, x.dtype());
-    const Tensor x_ext = kernels::concat_time(h, x);
-    qp_ = q_proj_.forward(x_ext);
-    kp_ = k_proj_.forward(x_ext);
-    vp_ = v_proj_.forward(x_ext);
-    q_pre = conv_forward(qp_, *q_conv_, halo);
-    k_pre = conv_forward(kp_, *k_conv_, halo);
-    v_pre = conv_forward(vp_, *v_conv_, halo);
+    const Tensor x_ext = prepend_halo(x, in.halo, halo);
+    q_pre = q_conv_->forward(q_proj_.forward(x_ext));
+    k_pre = k_conv_->forward(k_proj_.forward(x_ext));
+    v_pre = v_conv_->forward(v_proj_.forward(x_ext));
   } else {
     q_pre = q_proj_.forward(x);
     k_pre = k_proj_.forward(x);
@@ -202,16 +170,15 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   q_pre_ = q_pre.view({B, T, heads_, dk_});
   k_pre_ = k_pre.view({B, T, heads_, dk_});
   v_pre_ = v_pre.view({B, T, heads_, dv_});
-  auto swish = [](double a, double, double) { return silu(a); };
-  const Tensor q = map_floats(q_pre_, Tensor(), Tensor(), swish);
-  const Tensor k = map_floats(k_pre_, Tensor(), Tensor(), swish);
-  const Tensor v = map_floats(v_pre_, Tensor(), Tensor(), swish);
+  const Tensor q = decay_ops::act_forward(kernels::Activation::kSilu, q_pre_);
+  const Tensor k = decay_ops::act_forward(kernels::Activation::kSilu, k_pre_);
+  const Tensor v = decay_ops::act_forward(kernels::Activation::kSilu, v_pre_);
 
   // Slot gates: log alpha in log space; 1 - alpha = -expm1(log alpha) keeps precision near 0.
   const double tau = gate_norm_;
   f_ = f_proj_.forward(x).view({B, T, heads_, slots_});
-  log_alpha_ = map_floats(f_, Tensor(), Tensor(),
-                          [tau](double f, double, double) { return log_sigmoid(f) / tau; });
+  log_alpha_ = Tensor::empty(f_.shape(), x.dtype());
+  kernels::log_sigmoid_decay_forward(f_, tau, log_alpha_);
   const Tensor one_minus_alpha = map_floats(
       log_alpha_, Tensor(), Tensor(), [](double la, double, double) { return -std::expm1(la); });
 
@@ -273,9 +240,8 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   kernels::add_inplace(d_one_minus, gv.dk);
   d_la = map_floats(log_alpha_, d_la, d_one_minus,
                     [](double la, double dla, double ds) { return dla - std::exp(la) * ds; });
-  const Tensor df = map_floats(f_, d_la, Tensor(), [tau](double f, double d, double) {
-    return d * sigmoid(-f) / tau;  // d logsigmoid(f) / df = sigmoid(-f)
-  });
+  Tensor df = Tensor::empty(f_.shape(), dy.dtype());
+  kernels::log_sigmoid_decay_backward(f_, d_la, tau, df);
   log_alpha_ = f_ = Tensor();
   Tensor dx_f = f_proj_.backward(df.view({B, T, heads_ * slots_}));
   if (dx.defined())
@@ -283,20 +249,15 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   else
     dx = dx_f;
 
-  auto swish_back = [](double a, double d, double) { return d * silu_grad(a); };
-  const Tensor dq = map_floats(q_pre_, gk.dq, Tensor(), swish_back);
-  const Tensor dk = map_floats(k_pre_, gk.dk, Tensor(), swish_back);
-  const Tensor dv = map_floats(v_pre_, gv.dv, Tensor(), swish_back);
+  const Tensor dq = decay_ops::act_backward(kernels::Activation::kSilu, q_pre_, gk.dq);
+  const Tensor dk = decay_ops::act_backward(kernels::Activation::kSilu, k_pre_, gk.dk);
+  const Tensor dv = decay_ops::act_backward(kernels::Activation::kSilu, v_pre_, gv.dv);
   q_pre_ = k_pre_ = v_pre_ = Tensor();
   if (halo > 0) {
-    Tensor dx_ext = q_proj_.backward(conv_backward(qp_, *q_conv_, halo, dq.view({B, T, -1})));
-    kernels::add_inplace(dx_ext,
-                         k_proj_.backward(conv_backward(kp_, *k_conv_, halo, dk.view({B, T, -1}))));
-    kernels::add_inplace(dx_ext,
-                         v_proj_.backward(conv_backward(vp_, *v_conv_, halo, dv.view({B, T, -1}))));
-    qp_ = kp_ = vp_ = Tensor();
-    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
-    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
+    Tensor dx_ext = q_proj_.backward(q_conv_->backward(dq.view({B, T, -1})));
+    kernels::add_inplace(dx_ext, k_proj_.backward(k_conv_->backward(dk.view({B, T, -1}))));
+    kernels::add_inplace(dx_ext, v_proj_.backward(v_conv_->backward(dv.view({B, T, -1}))));
+    kernels::add_inplace(dx, split_halo(dx_ext, halo, out ? &out->d_halo : nullptr));
   } else {
     kernels::add_inplace(dx, q_proj_.backward(dq.view({B, T, heads_ * dk_})));
     kernels::add_inplace(dx, k_proj_.backward(dk.view({B, T, heads_ * dk_})));

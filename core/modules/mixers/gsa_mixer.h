@@ -22,6 +22,7 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/short_conv.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
 
@@ -44,11 +45,10 @@ class GatedSlotAttention final : public TokenMixer {
   Linear q_proj_, k_proj_, v_proj_, f_proj_, o_proj_;
   std::optional<Linear> g_proj_;
   std::optional<RMSNorm> o_norm_;
-  std::optional<Parameter> q_conv_, k_conv_, v_conv_;
+  std::optional<ShortConv> q_conv_, k_conv_, v_conv_;
   GlaCore keys_, values_;  // pass 1 and pass 2
   // Saved for the backward.
   int64_t T_ = 0;
-  Tensor qp_, kp_, vp_;           // projections of [halo; x] (conv inputs), when the conv is on
   Tensor q_pre_, k_pre_, v_pre_;  // swish inputs [B, T, H, d]
   Tensor f_, log_alpha_, p_, o_normed_, g_;
 };

@@ -8,13 +8,13 @@
 
 #include "core/modules/mixers/decay_mixers.h"
 #include "kernels/elementwise.h"
-#include "kernels/sequence.h"
+#include "kernels/gates.h"
 
 namespace linea {
 namespace {
 
 using MC = config::MixerConfig;
-using decay_ops::Act;
+using kernels::Activation;
 
 template <typename F>
 void with_float(DType dt, F&& f) {
@@ -208,21 +208,14 @@ void Mamba2::collect(ParameterList& out) {
 
 Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
-  Tensor xs_in = x;
-  if (halo > 0) {
-    LINEA_CHECK(!in.halo.defined() || (in.halo.dim(0) == B && in.halo.dim(1) == halo))
-        << "halo " << shape_str(in.halo.shape()) << ", expected " << halo << " rows";
-    xs_in = in.halo.defined() ? kernels::concat_time(in.halo, x)
-                              : decay_ops::zero_rows_in_front(x, halo);
-  }
-  const Tensor proj = in_proj_.forward(xs_in);  // [B, halo + T, W]
+  const Tensor proj = in_proj_.forward(prepend_halo(x, in.halo, halo));  // [B, halo + T, W]
   // Only x, B and C pass through the convolution, so only they use the halo rows.
   Tensor xbc_raw = decay_ops::columns(proj, 0, col_x_, col_x_ + inner_ + 2 * state_);
   Tensor xbc;
   if (conv_) {
     xbc = conv_->forward(xbc_raw);
   } else {
-    xbc = decay_ops::act_forward(Act::kSilu, xbc_raw);
+    xbc = decay_ops::act_forward(Activation::kSilu, xbc_raw);
     xbc_raw_ = xbc_raw;
   }
   xs_ = decay_ops::columns(xbc, 0, 0, inner_).view({B, T, heads_, head_v_});
@@ -230,7 +223,8 @@ Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut*
   const Tensor c_mat = decay_ops::columns(xbc, 0, inner_ + state_, inner_ + 2 * state_);
   dt_in_ = decay_ops::columns(proj, halo, col_dt_, col_dt_ + heads_);
   decay_ops::add_bias(dt_in_, dt_bias_.value);
-  dt_ = decay_ops::softplus_forward(dt_in_);
+  dt_ = Tensor::empty(dt_in_.shape(), x.dtype());
+  kernels::softplus_forward(dt_in_, dt_);
   Tensor v;
   discretise(xs_, dt_, A_log_.value, g_, v);
 
@@ -249,7 +243,8 @@ Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut*
   if (gate_) {
     z_ = decay_ops::columns(proj, halo, 0, inner_);
     o_ = u;
-    u = decay_ops::gate_forward(Act::kSilu, z_, u);
+    u = Tensor::empty(o_.shape(), x.dtype());
+    kernels::output_gate_forward(Activation::kSilu, z_, o_, u);
   }
   if (norm_) u = norm_->forward(u);
   return out_proj_.forward(u);
@@ -261,7 +256,9 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
   if (norm_) du = norm_->backward(du);
   Tensor d_o = du, dz;
   if (gate_) {
-    decay_ops::gate_backward(Act::kSilu, z_, o_, du, dz, d_o);
+    dz = Tensor::empty(z_.shape(), dy.dtype());
+    d_o = Tensor::empty(o_.shape(), dy.dtype());
+    kernels::output_gate_backward(Activation::kSilu, z_, o_, du, dz, d_o);
     z_ = o_ = Tensor();
   }
   d_o = d_o.view({B, T, heads_, head_v_});
@@ -272,24 +269,20 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
   Tensor dxs, ddt;
   discretise_backward(xs_, dt_, g_, A_log_.value, D_.value, g.dv, g.dgk, d_o, dxs, ddt, A_log_.grad,
                       D_.grad);
-  const Tensor d_dt_in = decay_ops::softplus_backward(dt_in_, ddt);
+  Tensor d_dt_in = Tensor::empty(dt_in_.shape(), dy.dtype());
+  kernels::softplus_backward(dt_in_, ddt, d_dt_in);
   decay_ops::bias_backward(d_dt_in, dt_bias_.grad);
   const Tensor dxbc = decay_ops::concat_columns(
       {dxs.view({B, T, inner_}), heads_sum(g.dk), heads_sum(g.dq)});  // x, B (key), C (query)
   const Tensor dxbc_raw =
-      conv_ ? conv_->backward(dxbc) : decay_ops::act_backward(Act::kSilu, xbc_raw_, dxbc);
+      conv_ ? conv_->backward(dxbc) : decay_ops::act_backward(Activation::kSilu, xbc_raw_, dxbc);
   xbc_raw_ = xs_ = dt_in_ = dt_ = g_ = Tensor();
 
   Tensor dproj = Tensor::zeros({B, halo + T, proj_width_}, dy.dtype());
   decay_ops::add_columns(dproj, 0, col_x_, dxbc_raw);
   if (gate_) decay_ops::add_columns(dproj, halo, 0, dz);
   decay_ops::add_columns(dproj, halo, col_dt_, d_dt_in);
-  Tensor dx = in_proj_.backward(dproj);
-  if (halo > 0) {
-    if (out) out->d_halo = kernels::slice_time(dx, 0, halo);
-    dx = kernels::slice_time(dx, halo, halo + T);
-  }
-  return dx;
+  return split_halo(in_proj_.backward(dproj), halo, out ? &out->d_halo : nullptr);
 }
 
 }  // namespace linea

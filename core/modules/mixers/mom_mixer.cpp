@@ -5,11 +5,11 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/modules/mixers/decay_ops.h"
 #include "core/modules/mixers/state_core.h"
 #include "kernels/elementwise.h"
+#include "kernels/gates.h"
 #include "kernels/l2norm.h"
-#include "kernels/sequence.h"
-#include "kernels/short_conv.h"
 #include "kernels/swiglu.h"
 
 namespace linea {
@@ -28,52 +28,16 @@ void dispatch_float(DType dt, F&& f) {
     f(double{});
 }
 
-// y = f(a, b, c) element-wise in double over tensors of one shape (b, c may be undefined).
-template <typename F>
-Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
-  Tensor y = Tensor::empty(a.shape(), a.dtype());
-  dispatch_float(a.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* pa = a.data<T>();
-    const T* pb = b.defined() ? b.data<T>() : nullptr;
-    const T* pc = c.defined() ? c.data<T>() : nullptr;
-    T* py = y.data<T>();
-    for (int64_t i = 0, n = a.numel(); i < n; ++i)
-      py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
-  });
-  return y;
-}
-
-double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
-// log(sigmoid(x)) = -softplus(-x) and softplus(x) = log(1 + e^x), without overflow.
-double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
-double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
-double silu(double x) { return x * sigmoid(x); }
-double silu_grad(double x) {
-  const double s = sigmoid(x);
-  return s * (1 + x * (1 - s));
-}
-
 // act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
 // rows' outputs dropped, or SiLU alone (no conv, no halo).
-Tensor activate(const Tensor& p_ext, const Parameter* conv, int64_t halo) {
-  if (!conv)
-    return map_floats(p_ext, Tensor(), Tensor(), [](double a, double, double) { return silu(a); });
-  Tensor y = Tensor::empty(p_ext.shape(), p_ext.dtype());
-  kernels::short_conv_forward(p_ext, conv->value, /*silu=*/true, y);
-  return kernels::slice_time(y, halo, p_ext.dim(1));
+Tensor activate(const Tensor& p_ext, const ShortConv* conv) {
+  return conv ? conv->apply(p_ext) : decay_ops::act_forward(kernels::Activation::kSilu, p_ext);
 }
 
 // The gradient of the projections of [halo; x] given that of act's output [B, T, C].
-Tensor activate_backward(const Tensor& p_ext, Parameter* conv, int64_t halo, const Tensor& dy) {
-  if (!conv)
-    return map_floats(p_ext, dy, Tensor(),
-                      [](double a, double d, double) { return d * silu_grad(a); });
-  Tensor pad = Tensor::zeros({dy.dim(0), halo, dy.dim(2)}, dy.dtype());
-  Tensor dp = Tensor::empty(p_ext.shape(), p_ext.dtype());
-  kernels::short_conv_backward(p_ext, conv->value, /*silu=*/true, kernels::concat_time(pad, dy), dp,
-                               conv->grad);
-  return dp;
+Tensor activate_backward(const Tensor& p_ext, ShortConv* conv, const Tensor& dy) {
+  return conv ? conv->apply_backward(p_ext, dy)
+              : decay_ops::act_backward(kernels::Activation::kSilu, p_ext, dy);
 }
 
 // compact[b, i] = full[b, rows[b][i]] for the routed tokens, zero in the padding.
@@ -141,21 +105,6 @@ MC::Kind memory_kind_of(const MC& m) {
 
 bool is_delta(MC::Kind k) { return k == MC::GATED_DELTANET || k == MC::DELTANET; }
 
-// Adds sum over every leading index of x [..., H] to grad [H].
-void accumulate_per_head(const Tensor& x, Tensor& grad) {
-  const int64_t H = grad.numel(), rows = x.numel() / H;
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* pg = grad.data<T>();
-    for (int64_t h = 0; h < H; ++h) {
-      double s = 0;
-      for (int64_t r = 0; r < rows; ++r) s += px[r * H + h];
-      pg[h] += static_cast<T>(s);
-    }
-  });
-}
-
 }  // namespace
 
 // One memory: its key/value projections, the gate and beta projections of its kind, and its state
@@ -164,9 +113,8 @@ class MomMemory {
  public:
   // What the memories of one layer share (owned by the mixer); null where not used.
   struct Shared {
-    int64_t halo = 0;
-    Parameter* k_conv = nullptr;
-    Parameter* v_conv = nullptr;
+    ShortConv* k_conv = nullptr;
+    ShortConv* v_conv = nullptr;
     Parameter* a_log = nullptr;
     Parameter* dt_bias = nullptr;
   };
@@ -229,9 +177,8 @@ class MomMemory {
     route_ = route;
     kp_ = k_proj_.forward(x_ext);
     vp_ = v_proj_.forward(x_ext);
-    Tensor k = gather_time(activate(kp_, sh.k_conv, sh.halo).view({B, T, heads_, dk_}), route);
-    const Tensor v =
-        gather_time(activate(vp_, sh.v_conv, sh.halo).view({B, T, heads_, dv_}), route);
+    Tensor k = gather_time(activate(kp_, sh.k_conv).view({B, T, heads_, dk_}), route);
+    const Tensor v = gather_time(activate(vp_, sh.v_conv).view({B, T, heads_, dv_}), route);
     const Tensor qc = gather_time(q, route);
     const double scale = 1.0 / std::sqrt(double(dk_));
 
@@ -241,37 +188,31 @@ class MomMemory {
       k = Tensor::empty(k_c_.shape(), k_c_.dtype());
       kernels::l2norm_forward(k_c_, kL2Eps, k, k_rstd_);
       b_pre_ = b_proj_->forward(x);
-      const double c = neg_eigval_ ? 2.0 : 1.0;  // beta in (0, 2) allows negative eigenvalues
-      const Tensor beta =
-          gather_time(map_floats(b_pre_, Tensor(), Tensor(),
-                                 [c](double b, double, double) { return c * sigmoid(b); }),
-                      route);
+      Tensor beta = Tensor::empty(b_pre_.shape(), x.dtype());
+      kernels::delta_beta_forward(b_pre_, beta_scale(), beta);
+      beta = gather_time(beta, route);
       Tensor g;
       if (kind_ == MC::GATED_DELTANET) {
         a_pre_ = a_proj_->forward(x);
-        g_ = gdn_gate(a_pre_, sh);
-        g = gather_time(g_, route);
+        g = Tensor::empty(a_pre_.shape(), x.dtype());
+        kernels::delta_log_decay_forward(a_pre_, sh.a_log->value, sh.dt_bias->value, g);
+        g = gather_time(g, route);
       }
       return delta_.forward(qc, k, v, g, beta, scale, s_in, recurrent, s_out, tr);
     }
 
     Tensor gk;
-    const double norm = gate_norm_;
-    auto log_gate = [norm](double p, double, double) { return log_sigmoid(p) / norm; };
-    if (kind_ == MC::SIMPLE_GLA) {
-      gk_pre_ = gk_proj_->forward(x);  // [B, T, H]: one scalar decay per head
-      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
-    } else if (kind_ == MC::GLA) {
-      const Tensor hidden = gk_proj_->forward(x);
-      gk_pre_ = gk_up_->forward(hidden).view({B, T, heads_, dk_});
-      const int64_t n = heads_ * dk_;
-      dispatch_float(gk_pre_.dtype(), [&](auto tag) {
-        using Tp = decltype(tag);
-        Tp* p = gk_pre_.data<Tp>();
-        const Tp* bias = gk_bias_->value.data<Tp>();
-        for (int64_t i = 0; i < gk_pre_.numel(); ++i) p[i] += bias[i % n];
-      });
-      gk = gather_time(map_floats(gk_pre_, Tensor(), Tensor(), log_gate), route);
+    if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
+      if (kind_ == MC::SIMPLE_GLA) {
+        gk_pre_ = gk_proj_->forward(x);  // [B, T, H]: one scalar decay per head
+      } else {
+        Tensor pre = gk_up_->forward(gk_proj_->forward(x));
+        decay_ops::add_bias(pre, gk_bias_->value);
+        gk_pre_ = pre.view({B, T, heads_, dk_});
+      }
+      gk = Tensor::empty(gk_pre_.shape(), x.dtype());
+      kernels::log_sigmoid_decay_forward(gk_pre_, gate_norm_, gk);
+      gk = gather_time(gk, route);
     }
     return gla_.forward(qc, k, v, gk, Tensor(), scale, s_in, recurrent, s_out, tr);
   }
@@ -301,9 +242,8 @@ class MomMemory {
     out.dq = scatter_time(dqc, route_, T);
     const Tensor dk = scatter_time(dkc, route_, T).view({B, T, heads_ * dk_});
     const Tensor dv = scatter_time(dvc, route_, T).view({B, T, heads_ * dv_});
-    out.dx_ext = k_proj_.backward(activate_backward(kp_, sh.k_conv, sh.halo, dk));
-    kernels::add_inplace(out.dx_ext,
-                         v_proj_.backward(activate_backward(vp_, sh.v_conv, sh.halo, dv)));
+    out.dx_ext = k_proj_.backward(activate_backward(kp_, sh.k_conv, dk));
+    kernels::add_inplace(out.dx_ext, v_proj_.backward(activate_backward(vp_, sh.v_conv, dv)));
     kp_ = vp_ = Tensor();
 
     auto add_dx = [&out](const Tensor& d) {
@@ -313,29 +253,26 @@ class MomMemory {
         out.dx = d;
     };
     if (is_delta(kind_)) {
-      const double c = neg_eigval_ ? 2.0 : 1.0;
-      const Tensor db = map_floats(b_pre_, scatter_time(dbc, route_, T), Tensor(),
-                                   [c](double b, double d, double) {
-                                     const double s = sigmoid(b);
-                                     return d * c * s * (1 - s);
-                                   });
+      Tensor db = Tensor::empty(b_pre_.shape(), d_o.dtype());
+      kernels::delta_beta_backward(b_pre_, beta_scale(), scatter_time(dbc, route_, T), db);
       add_dx(b_proj_->backward(db));
       b_pre_ = Tensor();
       if (kind_ == MC::GATED_DELTANET) {
-        add_dx(a_proj_->backward(gdn_gate_backward(scatter_time(dgc, route_, T), sh)));
-        a_pre_ = g_ = Tensor();
+        Tensor da = Tensor::empty(a_pre_.shape(), d_o.dtype());
+        kernels::delta_log_decay_backward(a_pre_, sh.a_log->value, sh.dt_bias->value,
+                                          scatter_time(dgc, route_, T), da, sh.a_log->grad,
+                                          sh.dt_bias->grad);
+        add_dx(a_proj_->backward(da));
+        a_pre_ = Tensor();
       }
     } else if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
-      const double norm = gate_norm_;
-      const Tensor dpre = map_floats(gk_pre_, scatter_time(dgc, route_, T), Tensor(),
-                                     [norm](double p, double d, double) {
-                                       return d * sigmoid(-p) / norm;  // d logsigmoid(p) / dp
-                                     });
+      Tensor dpre = Tensor::empty(gk_pre_.shape(), d_o.dtype());
+      kernels::log_sigmoid_decay_backward(gk_pre_, scatter_time(dgc, route_, T), gate_norm_, dpre);
       gk_pre_ = Tensor();
       if (kind_ == MC::SIMPLE_GLA) {
         add_dx(gk_proj_->backward(dpre));
       } else {
-        accumulate_per_head(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
+        decay_ops::bias_backward(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
         add_dx(gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
       }
     }
@@ -348,51 +285,8 @@ class MomMemory {
     return ctx.prefix + "." + base + "_proj." + std::to_string(index);
   }
 
-  // Gated DeltaNet's decay (Mamba2's parametrisation): g = -exp(A_log) softplus(a + dt_bias) <= 0.
-  Tensor gdn_gate(const Tensor& a, const Shared& sh) const {
-    Tensor g = Tensor::empty(a.shape(), a.dtype());
-    dispatch_float(a.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      const T* pa = a.data<T>();
-      const T* al = sh.a_log->value.data<T>();
-      const T* db = sh.dt_bias->value.data<T>();
-      T* pg = g.data<T>();
-      for (int64_t i = 0, n = a.numel(); i < n; ++i) {
-        const int64_t h = i % heads_;
-        pg[i] = static_cast<T>(-std::exp(double(al[h])) * softplus(double(pa[i]) + db[h]));
-      }
-    });
-    return g;
-  }
-
-  // Given dg [B, T, H]: accumulates dA_log (dg/dA_log = g) and ddt_bias, returns da.
-  Tensor gdn_gate_backward(const Tensor& dg, const Shared& sh) const {
-    Tensor da = Tensor::empty(dg.shape(), dg.dtype());
-    dispatch_float(dg.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      const T* pa = a_pre_.data<T>();
-      const T* pg = g_.data<T>();
-      const T* pd = dg.data<T>();
-      const T* al = sh.a_log->value.data<T>();
-      const T* db = sh.dt_bias->value.data<T>();
-      T* pda = da.data<T>();
-      T* gal = sh.a_log->grad.data<T>();
-      T* gdb = sh.dt_bias->grad.data<T>();
-      std::vector<double> sum_al(heads_, 0.0), sum_db(heads_, 0.0);
-      for (int64_t i = 0, n = dg.numel(); i < n; ++i) {
-        const int64_t h = i % heads_;
-        const double d = double(pd[i]) * -std::exp(double(al[h])) * sigmoid(double(pa[i]) + db[h]);
-        pda[i] = static_cast<T>(d);
-        sum_db[h] += d;
-        sum_al[h] += double(pd[i]) * pg[i];
-      }
-      for (int64_t h = 0; h < heads_; ++h) {
-        gal[h] += static_cast<T>(sum_al[h]);
-        gdb[h] += static_cast<T>(sum_db[h]);
-      }
-    });
-    return da;
-  }
+  // beta in (0, 2) allows negative eigenvalues.
+  double beta_scale() const { return neg_eigval_ ? 2.0 : 1.0; }
 
   MC::Kind kind_;
   int64_t heads_, dk_, dv_;
@@ -406,15 +300,14 @@ class MomMemory {
   // Saved for the backward.
   MemoryRoute route_;
   int64_t T_ = 0;
-  Tensor kp_, vp_, k_c_, k_rstd_, b_pre_, a_pre_, g_, gk_pre_;
+  Tensor kp_, vp_, k_c_, k_rstd_, b_pre_, a_pre_, gk_pre_;
 };
 
 namespace {
-MomMemory::Shared memory_shared(int64_t halo, std::optional<Parameter>& k_conv,
-                                std::optional<Parameter>& v_conv, std::optional<Parameter>& a_log,
+MomMemory::Shared memory_shared(std::optional<ShortConv>& k_conv, std::optional<ShortConv>& v_conv,
+                                std::optional<Parameter>& a_log,
                                 std::optional<Parameter>& dt_bias) {
   MomMemory::Shared sh;
-  sh.halo = halo;
   sh.k_conv = k_conv ? &*k_conv : nullptr;
   sh.v_conv = v_conv ? &*v_conv : nullptr;
   sh.a_log = a_log ? &*a_log : nullptr;
@@ -444,12 +337,9 @@ MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
       << "model.mixer.conv_size is 1";
   const MC::Kind kind = memory_kind_of(m);
   if (conv_size_ > 0) {
-    q_conv_ = make_parameter(ctx.prefix + ".q_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    k_conv_ = make_parameter(ctx.prefix + ".k_conv1d.weight", {heads_ * dk_, conv_size_}, ctx.dtype,
-                             true);
-    v_conv_ = make_parameter(ctx.prefix + ".v_conv1d.weight", {heads_ * dv_, conv_size_}, ctx.dtype,
-                             true);
+    q_conv_.emplace(ctx.prefix + ".q_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    k_conv_.emplace(ctx.prefix + ".k_conv1d", heads_ * dk_, conv_size_, /*silu=*/true, ctx.dtype);
+    v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (kind == MC::GATED_DELTANET) {
     a_log_ = make_parameter(ctx.prefix + ".A_log", {heads_}, ctx.dtype, false);
@@ -475,7 +365,7 @@ void MixtureOfMemories::init(uint64_t seed, double std, double out_std) {
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default scale (uniform, bound 1/sqrt(K), std 1/sqrt(3K)).
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) init_normal(**c, seed, 1.0 / std::sqrt(3.0 * conv_size_));
+    if (*c) (*c)->init(seed);
   init_decay();
 }
 
@@ -500,20 +390,17 @@ void MixtureOfMemories::collect(ParameterList& out) {
   if (a_log_) out.push_back(&*a_log_);
   if (dt_bias_) out.push_back(&*dt_bias_);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
-    if (*c) out.push_back(&**c);
+    if (*c) (*c)->collect(out);
   if (g_proj_) g_proj_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
 
 Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
-  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2), halo = halo_size();
+  const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
   const int64_t M = num_memories_, K = top_k_;
   T_ = T;
-  Tensor x_ext = x;
-  if (halo > 0)
-    x_ext = kernels::concat_time(
-        in.halo.defined() ? in.halo : Tensor::zeros({B, halo, D}, x.dtype()), x);
+  const Tensor x_ext = prepend_halo(x, in.halo, halo);
 
   // Router: top-k of the softmax; the renormalised weights equal a softmax over the k chosen
   // logits. Ties go to the lower memory index, so the choice is deterministic.
@@ -557,7 +444,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
 
   // The shared query.
   qp_ = q_proj_.forward(x_ext);
-  q_act_ = activate(qp_, q_conv_ ? &*q_conv_ : nullptr, halo).view({B, T, heads_, dk_});
+  q_act_ = activate(qp_, q_conv_ ? &*q_conv_ : nullptr).view({B, T, heads_, dk_});
   Tensor q = q_act_;
   if (delta_kind_) {
     q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
@@ -565,7 +452,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
     kernels::l2norm_forward(q_act_, kL2Eps, q, q_rstd_);
   }
 
-  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   const size_t n_mem = memories_.size();
   memory_out_.assign(n_mem, Tensor());
   if (out) {
@@ -662,7 +549,7 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
   memory_out_.clear();
   weights_ = Tensor();
 
-  const MomMemory::Shared sh = memory_shared(halo, k_conv_, v_conv_, a_log_, dt_bias_);
+  const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   Tensor dq = Tensor::zeros({B, T, heads_, dk_}, dy.dtype());
   Tensor dx_ext = Tensor::zeros({B, T + halo, dy.dim(2)}, dy.dtype());
   if (out) out->d_states.assign(n_mem, Tensor());
@@ -681,15 +568,10 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
     kernels::l2norm_backward(q_act_, q_rstd_, dq, dq_act);
   }
   kernels::add_inplace(dx_ext,
-                       q_proj_.backward(activate_backward(qp_, q_conv_ ? &*q_conv_ : nullptr, halo,
+                       q_proj_.backward(activate_backward(qp_, q_conv_ ? &*q_conv_ : nullptr,
                                                           dq_act.view({B, T, heads_ * dk_}))));
   qp_ = q_act_ = q_rstd_ = Tensor();
-  if (halo > 0) {
-    kernels::add_inplace(dx, kernels::slice_time(dx_ext, halo, halo + T));
-    if (out) out->d_halo = kernels::slice_time(dx_ext, 0, halo);
-  } else {
-    kernels::add_inplace(dx, dx_ext);
-  }
+  kernels::add_inplace(dx, split_halo(dx_ext, halo, out ? &out->d_halo : nullptr));
   return dx;
 }
 

@@ -34,6 +34,7 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/short_conv.h"
 #include "core/modules/rmsnorm.h"
 
 namespace linea {
@@ -66,7 +67,8 @@ class MixtureOfMemories final : public TokenMixer {
   Linear q_proj_, gate_, o_proj_;
   std::optional<Linear> g_proj_;
   std::optional<RMSNorm> o_norm_;
-  std::optional<Parameter> q_conv_, k_conv_, v_conv_, a_log_, dt_bias_;
+  std::optional<ShortConv> q_conv_, k_conv_, v_conv_;
+  std::optional<Parameter> a_log_, dt_bias_;
   std::vector<std::unique_ptr<MomMemory>> memories_;  // routed ones, then the shared one
   // Saved for the backward.
   int64_t T_ = 0;
