@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/modules/mixers/decay_ops.h"
+#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/swiglu.h"
@@ -14,7 +15,7 @@ namespace {
 template <typename F>
 Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
   Tensor y = Tensor::empty(a.shape(), a.dtype());
-  auto run = [&](auto tag) {
+  dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* pa = a.data<T>();
     const T* pb = b.defined() ? b.data<T>() : nullptr;
@@ -22,11 +23,7 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
     T* py = y.data<T>();
     for (int64_t i = 0, n = a.numel(); i < n; ++i)
       py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
-  };
-  if (a.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return y;
 }
 
@@ -34,7 +31,7 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
 Tensor softmax_last(const Tensor& s) {
   Tensor p = Tensor::empty(s.shape(), s.dtype());
   const int64_t n = s.dim(-1), rows = s.numel() / n;
-  auto run = [&](auto tag) {
+  dispatch_float(s.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* ps = s.data<T>();
     T* pp = p.data<T>();
@@ -45,18 +42,14 @@ Tensor softmax_last(const Tensor& s) {
       for (int64_t j = 0; j < n; ++j) z += std::exp(double(ps[r * n + j]) - mx);
       for (int64_t j = 0; j < n; ++j) pp[r * n + j] = T(std::exp(double(ps[r * n + j]) - mx) / z);
     }
-  };
-  if (s.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return p;
 }
 
 Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
   Tensor ds = Tensor::empty(p.shape(), p.dtype());
   const int64_t n = p.dim(-1), rows = p.numel() / n;
-  auto run = [&](auto tag) {
+  dispatch_float(p.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* pp = p.data<T>();
     const T* pd = dp.data<T>();
@@ -67,11 +60,7 @@ Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
       for (int64_t j = 0; j < n; ++j)
         po[r * n + j] = T(double(pp[r * n + j]) * (double(pd[r * n + j]) - dot));
     }
-  };
-  if (p.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return ds;
 }
 

@@ -7,6 +7,7 @@
 
 #include "core/modules/mixers/decay_ops.h"
 #include "core/modules/mixers/state_core.h"
+#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/l2norm.h"
@@ -19,14 +20,6 @@ using MC = config::MixerConfig;
 namespace {
 
 constexpr double kL2Eps = 1e-6;  // fla's l2norm inside the gated delta rule kernels
-
-template <typename F>
-void dispatch_float(DType dt, F&& f) {
-  if (dt == DType::kF32)
-    f(float{});
-  else
-    f(double{});
-}
 
 // act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
 // rows' outputs dropped, or SiLU alone (no conv, no halo).
