@@ -14,10 +14,6 @@ namespace {
 using MC = config::MixerConfig;
 using kernels::Activation;
 
-int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 // HGRN2 keeps fla's names: its key projection feeds the forget gate, its value is the "input".
 std::string key_name(MC::Kind k) { return k == MC::HGRN2 ? "f" : "k"; }
 std::string value_name(MC::Kind k) { return k == MC::HGRN2 ? "i" : "v"; }
@@ -48,9 +44,9 @@ std::vector<double> constant_log_decay_of(const MixerContext& ctx, const MC& m) 
 DecayAttention::DecayAttention(const MixerContext& ctx, const MC& m)
     : kind_(m.kind()),
       heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
-      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
-      scale_(m.kind() == MC::LIGHTNING ? 1.0 : 1.0 / std::sqrt(double(head_dim_of(ctx, m)))),
+      dk_(mixer_head_dim(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : mixer_head_dim(ctx, m)),
+      scale_(m.kind() == MC::LIGHTNING ? 1.0 : 1.0 / std::sqrt(double(mixer_head_dim(ctx, m)))),
       q_proj_(ctx.prefix + ".q_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
       k_proj_(ctx.prefix + "." + key_name(kind_) + "_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
       v_proj_(ctx.prefix + "." + value_name(kind_) + "_proj", ctx.hidden, heads_ * dv_, ctx.dtype),

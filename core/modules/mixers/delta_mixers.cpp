@@ -16,10 +16,6 @@ using MC = config::MixerConfig;
 // Inside the root of the L2 norm, as fla's l2norm: keeps a zero row finite.
 constexpr double kL2NormEps = 1e-6;
 
-int64_t key_dim_of(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 int64_t value_dim_of(const MC& m, int64_t dk) {
   if (m.value_dim() > 0) return m.value_dim();
   const double dv = m.expand_v() * double(dk);
@@ -93,7 +89,7 @@ Tensor ConvProjection::backward(const Tensor& dy) {
 DeltaMixer::DeltaMixer(const MixerContext& ctx, const MC& m)
     : gated_(m.kind() == MC::GATED_DELTANET),
       heads_(m.num_heads()),
-      dk_(key_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
       dv_(value_dim_of(m, dk_)),
       halo_(std::max<int64_t>(conv_size_of(m) - 1, 0)),
       beta_scale_(m.allow_neg_eigval() ? 2.0 : 1.0),

@@ -64,15 +64,6 @@ Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
   return ds;
 }
 
-int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
-  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
-      << "model.mixer.num_heads is " << m.num_heads();
-  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
-                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
-      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 int64_t slots_of(const config::MixerConfig& m) {
   LINEA_USER_CHECK(m.num_slots() > 0, "set model.mixer.num_slots > 0 (GSA memory slots per head)")
       << "model.mixer.num_slots is " << m.num_slots();
@@ -92,8 +83,8 @@ double gsa_gate_normalizer(const config::MixerConfig& m) {
 
 GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::MixerConfig& m)
     : heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
-      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : mixer_head_dim(ctx, m)),
       slots_(slots_of(m)),
       gate_norm_(gsa_gate_normalizer(m)),
       conv_size_(m.short_conv() == config::MixerConfig::ON ? m.conv_size() : 0),

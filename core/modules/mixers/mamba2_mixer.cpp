@@ -37,10 +37,6 @@ int64_t inner_width(const MixerContext& ctx, const MC& m) {
   return inner;
 }
 
-int64_t state_width(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 bool gate_on(const MC& m) { return m.output_gate() != MC::OFF; }  // Mamba2 has the z gate
 
 // [B, T, N] -> [B, T, H, N]: the one group of B (or C) every head reads.
@@ -148,7 +144,7 @@ void discretise_backward(const Tensor& xs, const Tensor& dt, const Tensor& g, co
 Mamba2::Mamba2(const MixerContext& ctx, const MC& m)
     : heads_(m.num_heads()),
       head_v_(inner_width(ctx, m) / m.num_heads()),
-      state_(state_width(ctx, m)),
+      state_(mixer_head_dim(ctx, m)),  // N: head_dim sets the state width
       inner_(inner_width(ctx, m)),
       gate_(gate_on(m)),
       col_x_(gate_ ? inner_ : 0),

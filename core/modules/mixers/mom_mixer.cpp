@@ -70,18 +70,9 @@ int64_t padded_length(int64_t n, int64_t chunk) {
   return (n + chunk - 1) / chunk * chunk;
 }
 
-int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
-  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
-      << "model.mixer.num_heads is " << m.num_heads();
-  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
-                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
-      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 int64_t value_dim_of(const MixerContext& ctx, const MC& m) {
   if (m.value_dim() > 0) return m.value_dim();
-  const int64_t dv = std::llround(head_dim_of(ctx, m) * m.expand_v());
+  const int64_t dv = std::llround(mixer_head_dim(ctx, m) * m.expand_v());
   LINEA_USER_CHECK(dv > 0, "set model.mixer.expand_v (or value_dim) to give a positive width")
       << "value width " << dv;
   return dv;
@@ -311,7 +302,7 @@ MomMemory::Shared memory_shared(std::optional<ShortConv>& k_conv, std::optional<
 
 MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
     : heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
       dv_(value_dim_of(ctx, m)),
       num_memories_(m.num_memories()),
       top_k_(m.memory_top_k()),
