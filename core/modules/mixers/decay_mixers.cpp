@@ -198,17 +198,11 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   const int64_t B = dy.dim(0), T = dy.dim(1), halo = halo_size();
   Tensor d_o = o_proj_.backward(dy);
   Tensor dx;  // the gradient reaching x through the paths that bypass the halo (gates)
-  auto add_dx = [&dx](const Tensor& t) {
-    if (dx.defined())
-      kernels::add_inplace(dx, t);
-    else
-      dx = t;
-  };
   if (g_proj_) {
     Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype());
     Tensor dn = Tensor::empty(normed_.shape(), dy.dtype());
     kernels::output_gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
-    add_dx(g_proj_->backward(dg));
+    kernels::accumulate(dx, g_proj_->backward(dg));
     d_o = dn;
     gate_in_ = normed_ = Tensor();
   }
@@ -232,7 +226,7 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
                                           gate_normalizer_, dz);
       decay_ops::bias_backward(dz, gk_bias_->grad);
       if (gk_up_) dz = gk_up_->backward(dz);
-      add_dx(gk_proj_->backward(dz));
+      kernels::accumulate(dx, gk_proj_->backward(dz));
       gate_logits_ = Tensor();
       break;
     }

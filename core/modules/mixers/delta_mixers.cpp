@@ -34,14 +34,6 @@ bool toggle(MC::Toggle t, bool paper_default) {
 // Conv width, or 0 when the conv is off (on by default in both papers).
 int64_t conv_size_of(const MC& m) { return toggle(m.short_conv(), true) ? m.conv_size() : 0; }
 
-// t += u, where an undefined t takes u.
-void accumulate(Tensor& t, const Tensor& u) {
-  if (!t.defined())
-    t = u;
-  else
-    kernels::add_inplace(t, u);
-}
-
 }  // namespace
 
 // ---- ConvProjection ---------------------------------------------------------------------------
@@ -210,7 +202,7 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
     kernels::swiglu_backward(gate_, normed_, d_o, dgate, dnormed);
     gate_ = normed_ = Tensor();
     d_o = dnormed;
-    accumulate(dx, g_proj_->backward(dgate.view({B, T, heads_ * dv_})));
+    kernels::accumulate(dx, g_proj_->backward(dgate.view({B, T, heads_ * dv_})));
   }
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
@@ -220,12 +212,12 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
 
   Tensor db = Tensor::empty(b_.shape(), dy.dtype());
   kernels::delta_beta_backward(b_, beta_scale_, gr.dbeta, db);
-  accumulate(dx, b_proj_.backward(db));
+  kernels::accumulate(dx, b_proj_.backward(db));
   if (gated_) {
     Tensor da = Tensor::empty(a_.shape(), dy.dtype());
     kernels::delta_log_decay_backward(a_, A_log_->value, dt_bias_->value, gr.dg, da, A_log_->grad,
                                       dt_bias_->grad);
-    accumulate(dx, a_proj_->backward(da));
+    kernels::accumulate(dx, a_proj_->backward(da));
   }
   b_ = beta_ = a_ = g_ = Tensor();
 

@@ -223,11 +223,7 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   Tensor df = Tensor::empty(f_.shape(), dy.dtype());
   kernels::log_sigmoid_decay_backward(f_, d_la, tau, df);
   log_alpha_ = f_ = Tensor();
-  Tensor dx_f = f_proj_.backward(df.view({B, T, heads_ * slots_}));
-  if (dx.defined())
-    kernels::add_inplace(dx, dx_f);
-  else
-    dx = dx_f;
+  kernels::accumulate(dx, f_proj_.backward(df.view({B, T, heads_ * slots_})));
 
   const Tensor dq = decay_ops::act_backward(kernels::Activation::kSilu, q_pre_, gk.dq);
   const Tensor dk = decay_ops::act_backward(kernels::Activation::kSilu, k_pre_, gk.dk);

@@ -230,23 +230,17 @@ class MomMemory {
     kernels::add_inplace(out.dx_ext, v_proj_.backward(activate_backward(vp_, sh.v_conv, dv)));
     kp_ = vp_ = Tensor();
 
-    auto add_dx = [&out](const Tensor& d) {
-      if (out.dx.defined())
-        kernels::add_inplace(out.dx, d);
-      else
-        out.dx = d;
-    };
     if (is_delta(kind_)) {
       Tensor db = Tensor::empty(b_pre_.shape(), d_o.dtype());
       kernels::delta_beta_backward(b_pre_, beta_scale(), scatter_time(dbc, route_, T), db);
-      add_dx(b_proj_->backward(db));
+      kernels::accumulate(out.dx, b_proj_->backward(db));
       b_pre_ = Tensor();
       if (kind_ == MC::GATED_DELTANET) {
         Tensor da = Tensor::empty(a_pre_.shape(), d_o.dtype());
         kernels::delta_log_decay_backward(a_pre_, sh.a_log->value, sh.dt_bias->value,
                                           scatter_time(dgc, route_, T), da, sh.a_log->grad,
                                           sh.dt_bias->grad);
-        add_dx(a_proj_->backward(da));
+        kernels::accumulate(out.dx, a_proj_->backward(da));
         a_pre_ = Tensor();
       }
     } else if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
@@ -254,10 +248,11 @@ class MomMemory {
       kernels::log_sigmoid_decay_backward(gk_pre_, scatter_time(dgc, route_, T), gate_norm_, dpre);
       gk_pre_ = Tensor();
       if (kind_ == MC::SIMPLE_GLA) {
-        add_dx(gk_proj_->backward(dpre));
+        kernels::accumulate(out.dx, gk_proj_->backward(dpre));
       } else {
         decay_ops::bias_backward(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
-        add_dx(gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
+        kernels::accumulate(out.dx,
+                            gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
       }
     }
     return out;
