@@ -6,7 +6,6 @@
 #include "kernels/elementwise.h"  // gradient sums
 #include "kernels/gates.h"        // beta = sigmoid, Mamba2 log decay
 #include "kernels/l2norm.h"       // q, k normalisation
-#include "kernels/swiglu.h"       // output gate: SiLU(gate) * normed output
 
 namespace linea {
 namespace {
@@ -101,7 +100,7 @@ DeltaMixer::DeltaMixer(const MixerContext& ctx, const MC& m)
   }
   // The output gate is part of Gated DeltaNet's output layer; DeltaNet has it as an option.
   if (toggle(m.output_gate(), gated_))
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+    out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
 }
 
@@ -125,7 +124,7 @@ void DeltaMixer::init(uint64_t seed, double std, double out_std) {
   v_branch_.init(seed, std);
   init_normal(b_proj_.weight(), seed, std);
   if (a_proj_) init_normal(a_proj_->weight(), seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   if (gated_) init_decay_parameters();
   init_normal(o_proj_.weight(), seed, out_std);
 }
@@ -138,7 +137,7 @@ void DeltaMixer::collect(ParameterList& out) {
   b_proj_.collect(out);
   if (A_log_) out.push_back(&*A_log_);
   if (dt_bias_) out.push_back(&*dt_bias_);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   q_branch_.collect_conv(out);
   k_branch_.collect_conv(out);
   v_branch_.collect_conv(out);
@@ -182,12 +181,7 @@ Tensor DeltaMixer::forward_segment(const Tensor& x, const SegmentIn& in, Segment
     out->transitions = {tr};
   }
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    gate_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    normed_ = o;
-    o = Tensor::empty(normed_.shape(), x.dtype());
-    kernels::swiglu_forward(gate_, normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, heads_ * dv_}));
 }
 
@@ -196,13 +190,10 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
   const int64_t B = dy.dim(0), T = dy.dim(1);
   Tensor dx;  // the gradient reaching x through the projections that do not see the halo
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
-  if (g_proj_) {
-    Tensor dgate = Tensor::empty(gate_.shape(), dy.dtype());
-    Tensor dnormed = Tensor::empty(normed_.shape(), dy.dtype());
-    kernels::swiglu_backward(gate_, normed_, d_o, dgate, dnormed);
-    gate_ = normed_ = Tensor();
-    d_o = dnormed;
-    kernels::accumulate(dx, g_proj_->backward(dgate.view({B, T, heads_ * dv_})));
+  if (out_gate_) {
+    Tensor dx_gate;
+    d_o = out_gate_->backward(d_o, dx_gate);
+    kernels::accumulate(dx, dx_gate);
   }
   if (o_norm_) d_o = o_norm_->backward(d_o);
 

@@ -6,7 +6,6 @@
 #include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
-#include "kernels/swiglu.h"
 
 namespace linea {
 namespace {
@@ -103,7 +102,7 @@ GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::Mi
     v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (m.output_gate() != config::MixerConfig::OFF)
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+    out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
 }
 
@@ -112,7 +111,7 @@ void GatedSlotAttention::init(uint64_t seed, double std, double out_std) {
   init_normal(k_proj_.weight(), seed, std);
   init_normal(v_proj_.weight(), seed, std);
   init_normal(f_proj_.weight(), seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default (ShortConv::init): a conv at the projections' std would shrink q, k,
   // v by ~std.
@@ -127,7 +126,7 @@ void GatedSlotAttention::collect(ParameterList& out) {
   f_proj_.collect(out);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
     if (*c) (*c)->collect(out);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
@@ -179,12 +178,7 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
 
   // Output side: per-head norm, swish output gate, projection.
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    o_normed_ = o;
-    o = Tensor::empty(o.shape(), o.dtype());
-    kernels::swiglu_forward(g_, o_normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, heads_ * dv_}));
 }
 
@@ -193,14 +187,7 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   const int64_t B = dy.dim(0), T = T_, halo = halo_size();
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
   Tensor dx;
-  if (g_proj_) {
-    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
-    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
-    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
-    dx = g_proj_->backward(dg.view({B, T, heads_ * dv_}));
-    d_o = dn;
-    g_ = o_normed_ = Tensor();
-  }
+  if (out_gate_) d_o = out_gate_->backward(d_o, dx);
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
   const Tensor ds_out_k = in.d_final_states.size() > 0 ? in.d_final_states[0] : Tensor();

@@ -11,7 +11,6 @@
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/l2norm.h"
-#include "kernels/swiglu.h"
 
 namespace linea {
 
@@ -328,8 +327,7 @@ MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
     memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, i, heads_, dk_, dv_));
   if (m.shared_memory())
     memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, -1, heads_, dk_, dv_));
-  if (m.output_gate() != MC::OFF)
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+  if (m.output_gate() != MC::OFF) out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
   init_decay();
 }
@@ -340,7 +338,7 @@ void MixtureOfMemories::init(uint64_t seed, double std, double out_std) {
   init_normal(q_proj_.weight(), seed, std);
   init_normal(gate_.weight(), seed, std);
   for (auto& mem : memories_) mem->init(seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default scale (uniform, bound 1/sqrt(K), std 1/sqrt(3K)).
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
@@ -370,7 +368,7 @@ void MixtureOfMemories::collect(ParameterList& out) {
   if (dt_bias_) out.push_back(&*dt_bias_);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
     if (*c) (*c)->collect(out);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
@@ -464,12 +462,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
   });
 
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    o_normed_ = o;
-    o = Tensor::empty(o.shape(), o.dtype());
-    kernels::swiglu_forward(g_, o_normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, F}));
 }
 
@@ -479,14 +472,7 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
   const int64_t M = num_memories_, K = top_k_, F = heads_ * dv_;
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
   Tensor dx_gate;
-  if (g_proj_) {
-    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
-    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
-    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
-    dx_gate = g_proj_->backward(dg.view({B, T, F}));
-    d_o = dn;
-    g_ = o_normed_ = Tensor();
-  }
+  if (out_gate_) d_o = out_gate_->backward(d_o, dx_gate);
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
   // Gradients of each memory's compact outputs and of the router weights.
