@@ -1,6 +1,8 @@
 // Element-wise helpers used by the blocks and the optimizer (same shape and dtype everywhere).
 //   add:        out = a + b            (residual connection; backward: both inputs get dout)
 //   add_inplace: a += b
+//   accumulate: a += b, or a = b (the same tensor, no copy) while a is undefined: the first of
+//               several gradient contributions
 //   axpy:       y += alpha * x
 //   scale:      x *= alpha
 //   sum_squares: sum of x^2 in f64 (gradient norms)
@@ -12,6 +14,7 @@ namespace linea::kernels {
 
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void add_inplace(Tensor& a, const Tensor& b);
+void accumulate(Tensor& a, const Tensor& b);
 void axpy(double alpha, const Tensor& x, Tensor& y);
 void scale(Tensor& x, double alpha);
 double sum_squares(const Tensor& x);

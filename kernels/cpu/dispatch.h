@@ -1,10 +1,11 @@
 // Internal to kernels/cpu: argument checks and the f32/f64 dispatch shared by the CPU kernels.
 // Each kernel is one template body on the element type; `dispatch_float` picks the
-// instantiation once per call, so the inner loops see plain pointers and no per-element branch.
+// instantiation once per call.
 #pragma once
 
 #include <string>
 
+#include "core/tensor/dispatch.h"
 #include "core/tensor/tensor.h"
 #include "core/util/check.h"
 
@@ -47,12 +48,7 @@ inline void check_ids(const Tensor& t, const char* op, const char* name) {
       << op << ": " << name << " " << describe(t) << " must be i32";
 }
 
-// Calls f(float{}) or f(double{}); the caller has checked that dt is one of them.
-template <typename F>
-decltype(auto) dispatch_float(DType dt, F&& f) {
-  if (dt == DType::kF32) return f(float{});
-  LINEA_CHECK(dt == DType::kF64) << "expected f32 or f64, got " << dtype_name(dt);
-  return f(double{});
-}
+// f(float{}) or f(double{}) (core/tensor/dispatch.h); the caller has checked the dtype.
+using ::linea::dispatch_float;
 
 }  // namespace linea::kernels::cpu

@@ -33,6 +33,14 @@ void add_inplace(Tensor& a, const Tensor& b) {
   });
 }
 
+void accumulate(Tensor& a, const Tensor& b) {
+  if (!a.defined()) {
+    a = b;
+    return;
+  }
+  add_inplace(a, b);
+}
+
 void axpy(double alpha, const Tensor& x, Tensor& y) {
   const char* op = "axpy";
   cpu::check_float(x, op, "x");

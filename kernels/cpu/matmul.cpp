@@ -1,10 +1,9 @@
 #include "kernels/matmul.h"
 
-#include <cblas.h>
-
 #include <climits>
 #include <cstdint>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/dispatch.h"
 
 namespace linea::kernels {
@@ -13,19 +12,6 @@ namespace {
 using cpu::check_float;
 using cpu::check_like;
 using cpu::describe;
-
-CBLAS_TRANSPOSE blas_op(bool trans) { return trans ? CblasTrans : CblasNoTrans; }
-
-void blas_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const float* a, int lda,
-               const float* b, int ldb, double beta, float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, blas_op(ta), blas_op(tb), m, n, k, static_cast<float>(alpha), a, lda,
-              b, ldb, static_cast<float>(beta), c, ldc);
-}
-void blas_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
-               const double* b, int ldb, double beta, double* c, int ldc) {
-  cblas_dgemm(CblasRowMajor, blas_op(ta), blas_op(tb), m, n, k, alpha, a, lda, b, ldb, beta, c,
-              ldc);
-}
 
 int blas_int(int64_t v, const char* op, const char* what) {
   LINEA_CHECK(v >= 0 && v <= INT_MAX)
@@ -49,9 +35,9 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, 
     }
     return;
   }
-  blas_gemm(ta, tb, blas_int(m, op, "M"), blas_int(n, op, "N"), blas_int(k, op, "K"), alpha, a,
-            blas_int(lda, op, "lda"), b, blas_int(ldb, op, "ldb"), beta, c,
-            blas_int(ldc, op, "ldc"));
+  cpu::gemm<T>(ta, tb, blas_int(m, op, "M"), blas_int(n, op, "N"), blas_int(k, op, "K"),
+               static_cast<T>(alpha), a, blas_int(lda, op, "lda"), b, blas_int(ldb, op, "ldb"),
+               static_cast<T>(beta), c, blas_int(ldc, op, "ldc"));
 }
 
 // Leading dimensions flattened into rows (from the shape, so a zero last dimension still counts).
@@ -68,6 +54,21 @@ void check_linear_operand(const Tensor& t, int64_t cols, int64_t rows, const cha
       << cols;
   LINEA_CHECK(rows_of(t) == rows) << op << ": " << name << " " << shape_str(t.shape()) << " has "
                                   << rows_of(t) << " rows, expected " << rows;
+}
+
+// y = x w^T with x [..., in], w [out, in]: the sizes, x's leading dimensions as n rows.
+struct LinearSizes {
+  int64_t out, in, n;
+};
+
+LinearSizes check_linear_weight(const Tensor& x, const Tensor& w, const char* op) {
+  LINEA_CHECK(w.ndim() == 2) << op << ": w " << describe(w) << " must be [out, in]";
+  const int64_t out = w.dim(0), in = w.dim(1);
+  LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) == in)
+      << op << ": x " << shape_str(x.shape()) << " must end in in = " << in << " (w "
+      << shape_str(w.shape()) << ")";
+  const int64_t n = rows_of(x);
+  return {out, in, n};
 }
 
 }  // namespace
@@ -102,12 +103,7 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
   check_float(x, op, "x");
   check_like(w, x, op, "w", "x");
   check_like(y, x, op, "y", "x");
-  LINEA_CHECK(w.ndim() == 2) << op << ": w " << describe(w) << " must be [out, in]";
-  const int64_t out = w.dim(0), in = w.dim(1);
-  LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) == in)
-      << op << ": x " << shape_str(x.shape()) << " must end in in = " << in << " (w "
-      << shape_str(w.shape()) << ")";
-  const int64_t n = rows_of(x);
+  const auto [out, in, n] = check_linear_weight(x, w, op);
   check_linear_operand(y, out, n, op, "y", "out");
   cpu::dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -122,12 +118,7 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor&
   check_like(w, x, op, "w", "x");
   check_like(dy, x, op, "dy", "x");
   cpu::check_same_shape(dw, w, op, "dw", "w");
-  LINEA_CHECK(w.ndim() == 2) << op << ": w " << describe(w) << " must be [out, in]";
-  const int64_t out = w.dim(0), in = w.dim(1);
-  LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) == in)
-      << op << ": x " << shape_str(x.shape()) << " must end in in = " << in << " (w "
-      << shape_str(w.shape()) << ")";
-  const int64_t n = rows_of(x);
+  const auto [out, in, n] = check_linear_weight(x, w, op);
   check_linear_operand(dy, out, n, op, "dy", "out");
   if (dx.defined()) {
     check_like(dx, x, op, "dx", "x");

@@ -4,15 +4,13 @@
 // on the tiles and write the result rows back.
 #pragma once
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <type_traits>
 
 #include "core/tensor/tensor.h"
 #include "core/util/check.h"
+#include "kernels/cpu/blas.h"
 
 namespace linea::kernels::cpu {
 
@@ -74,20 +72,7 @@ inline void check_chunk(int64_t chunk, const HeadDims& d, const char* op) {
       << " must be positive and divide the sequence length T = " << d.T;
 }
 
-// ---- BLAS on packed tiles ------------------------------------------------------------------
-
-// Row-major C = alpha * op(A) op(B) + beta * C; lda/ldb/ldc are the stored row lengths.
-template <typename T>
-void gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-          T beta, T* c, int ldc) {
-  const auto opa = ta ? CblasTrans : CblasNoTrans;
-  const auto opb = tb ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-}
+// ---- packed tiles --------------------------------------------------------------------------
 
 // One (b, h) stream of a [B, T, H, D] tensor: rows of D values, `stride` apart. A gate [B, T, H]
 // reads as rows of one value; an undefined tensor gives base == nullptr.

@@ -13,10 +13,6 @@ namespace {
 // the usual 10000 (model.attention.rope_theta belongs to the N layers).
 constexpr double kWindowRopeTheta = 10000.0;
 
-int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 int64_t window_of(const config::MixerConfig& m) {
   LINEA_USER_CHECK(m.window_size() == 0 || m.feature_map() == config::MixerConfig::BASED,
                    "set model.mixer.window_size = 0, or feature_map = BASED")
@@ -30,8 +26,8 @@ int64_t window_of(const config::MixerConfig& m) {
 
 BasicLinearAttention::BasicLinearAttention(const MixerContext& ctx, const config::MixerConfig& m)
     : heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
-      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : mixer_head_dim(ctx, m)),
       window_(window_of(m)),
       phi_(ctx.prefix, m, heads_, dk_, ctx.norm_eps, ctx.dtype),
       q_proj_(ctx.prefix + ".q_proj", ctx.hidden, heads_ * phi_.in_dim(), ctx.dtype),

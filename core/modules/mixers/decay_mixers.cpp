@@ -14,10 +14,6 @@ namespace {
 using MC = config::MixerConfig;
 using kernels::Activation;
 
-int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 // HGRN2 keeps fla's names: its key projection feeds the forget gate, its value is the "input".
 std::string key_name(MC::Kind k) { return k == MC::HGRN2 ? "f" : "k"; }
 std::string value_name(MC::Kind k) { return k == MC::HGRN2 ? "i" : "v"; }
@@ -48,9 +44,9 @@ std::vector<double> constant_log_decay_of(const MixerContext& ctx, const MC& m) 
 DecayAttention::DecayAttention(const MixerContext& ctx, const MC& m)
     : kind_(m.kind()),
       heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
-      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
-      scale_(m.kind() == MC::LIGHTNING ? 1.0 : 1.0 / std::sqrt(double(head_dim_of(ctx, m)))),
+      dk_(mixer_head_dim(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : mixer_head_dim(ctx, m)),
+      scale_(m.kind() == MC::LIGHTNING ? 1.0 : 1.0 / std::sqrt(double(mixer_head_dim(ctx, m)))),
       q_proj_(ctx.prefix + ".q_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
       k_proj_(ctx.prefix + "." + key_name(kind_) + "_proj", ctx.hidden, heads_ * dk_, ctx.dtype),
       v_proj_(ctx.prefix + "." + value_name(kind_) + "_proj", ctx.hidden, heads_ * dv_, ctx.dtype),
@@ -202,17 +198,11 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   const int64_t B = dy.dim(0), T = dy.dim(1), halo = halo_size();
   Tensor d_o = o_proj_.backward(dy);
   Tensor dx;  // the gradient reaching x through the paths that bypass the halo (gates)
-  auto add_dx = [&dx](const Tensor& t) {
-    if (dx.defined())
-      kernels::add_inplace(dx, t);
-    else
-      dx = t;
-  };
   if (g_proj_) {
     Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype());
     Tensor dn = Tensor::empty(normed_.shape(), dy.dtype());
     kernels::output_gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
-    add_dx(g_proj_->backward(dg));
+    kernels::accumulate(dx, g_proj_->backward(dg));
     d_o = dn;
     gate_in_ = normed_ = Tensor();
   }
@@ -236,7 +226,7 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
                                           gate_normalizer_, dz);
       decay_ops::bias_backward(dz, gk_bias_->grad);
       if (gk_up_) dz = gk_up_->backward(dz);
-      add_dx(gk_proj_->backward(dz));
+      kernels::accumulate(dx, gk_proj_->backward(dz));
       gate_logits_ = Tensor();
       break;
     }

@@ -1,5 +1,7 @@
 #include "core/modules/mixers/decay_ops.h"
 
+#include "core/tensor/dispatch.h"
+
 namespace linea::decay_ops {
 namespace {
 
@@ -7,15 +9,6 @@ void check_float(const Tensor& t, const char* op) {
   LINEA_CHECK(t.defined() && t.device().is_cpu() &&
               (t.dtype() == DType::kF32 || t.dtype() == DType::kF64))
       << op << ": needs a defined f32/f64 CPU tensor";
-}
-
-// Runs f(T{}) for the tensor's element type.
-template <typename F>
-void with_float(DType dt, F&& f) {
-  if (dt == DType::kF32)
-    f(float{});
-  else
-    f(double{});
 }
 
 }  // namespace
@@ -38,7 +31,7 @@ void add_bias(Tensor& y, const Tensor& b) {
   check_float(y, "add_bias");
   LINEA_CHECK(b.ndim() == 1 && b.dim(0) == y.dim(-1) && b.dtype() == y.dtype())
       << "add_bias: bias " << shape_str(b.shape()) << " for " << shape_str(y.shape());
-  with_float(y.dtype(), [&](auto tag) {
+  dispatch_float(y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const int64_t C = b.dim(0), rows = y.numel() / C;
     T* yp = y.data<T>();
@@ -52,7 +45,7 @@ void bias_backward(const Tensor& dy, Tensor& db) {
   check_float(dy, "bias_backward");
   LINEA_CHECK(db.ndim() == 1 && db.dim(0) == dy.dim(-1) && db.dtype() == dy.dtype())
       << "bias_backward: bias " << shape_str(db.shape()) << " for " << shape_str(dy.shape());
-  with_float(dy.dtype(), [&](auto tag) {
+  dispatch_float(dy.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const int64_t C = db.dim(0), rows = dy.numel() / C;
     const T* dp = dy.data<T>();
@@ -72,7 +65,7 @@ Tensor columns(const Tensor& t, int64_t row0, int64_t c0, int64_t c1) {
       << "columns [" << c0 << ", " << c1 << ") from row " << row0 << " of " << shape_str(t.shape());
   const int64_t B = t.dim(0), T_ = t.dim(1), W = t.dim(2), w = c1 - c0;
   Tensor out = Tensor::empty({B, T_ - row0, w}, t.dtype());
-  with_float(t.dtype(), [&](auto tag) {
+  dispatch_float(t.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* src = t.data<T>();
     T* dst = out.data<T>();
@@ -91,7 +84,7 @@ void add_columns(Tensor& dst, int64_t row0, int64_t c0, const Tensor& src) {
               c0 + w <= W)
       << "add_columns " << shape_str(src.shape()) << " at row " << row0 << ", column " << c0
       << " of " << shape_str(dst.shape());
-  with_float(dst.dtype(), [&](auto tag) {
+  dispatch_float(dst.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* s = src.data<T>();
     T* d = dst.data<T>();

@@ -6,7 +6,6 @@
 #include "kernels/elementwise.h"  // gradient sums
 #include "kernels/gates.h"        // beta = sigmoid, Mamba2 log decay
 #include "kernels/l2norm.h"       // q, k normalisation
-#include "kernels/swiglu.h"       // output gate: SiLU(gate) * normed output
 
 namespace linea {
 namespace {
@@ -15,10 +14,6 @@ using MC = config::MixerConfig;
 
 // Inside the root of the L2 norm, as fla's l2norm: keeps a zero row finite.
 constexpr double kL2NormEps = 1e-6;
-
-int64_t key_dim_of(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
 
 int64_t value_dim_of(const MC& m, int64_t dk) {
   if (m.value_dim() > 0) return m.value_dim();
@@ -37,14 +32,6 @@ bool toggle(MC::Toggle t, bool paper_default) {
 
 // Conv width, or 0 when the conv is off (on by default in both papers).
 int64_t conv_size_of(const MC& m) { return toggle(m.short_conv(), true) ? m.conv_size() : 0; }
-
-// t += u, where an undefined t takes u.
-void accumulate(Tensor& t, const Tensor& u) {
-  if (!t.defined())
-    t = u;
-  else
-    kernels::add_inplace(t, u);
-}
 
 }  // namespace
 
@@ -93,7 +80,7 @@ Tensor ConvProjection::backward(const Tensor& dy) {
 DeltaMixer::DeltaMixer(const MixerContext& ctx, const MC& m)
     : gated_(m.kind() == MC::GATED_DELTANET),
       heads_(m.num_heads()),
-      dk_(key_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
       dv_(value_dim_of(m, dk_)),
       halo_(std::max<int64_t>(conv_size_of(m) - 1, 0)),
       beta_scale_(m.allow_neg_eigval() ? 2.0 : 1.0),
@@ -113,7 +100,7 @@ DeltaMixer::DeltaMixer(const MixerContext& ctx, const MC& m)
   }
   // The output gate is part of Gated DeltaNet's output layer; DeltaNet has it as an option.
   if (toggle(m.output_gate(), gated_))
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+    out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
 }
 
@@ -137,7 +124,7 @@ void DeltaMixer::init(uint64_t seed, double std, double out_std) {
   v_branch_.init(seed, std);
   init_normal(b_proj_.weight(), seed, std);
   if (a_proj_) init_normal(a_proj_->weight(), seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   if (gated_) init_decay_parameters();
   init_normal(o_proj_.weight(), seed, out_std);
 }
@@ -150,7 +137,7 @@ void DeltaMixer::collect(ParameterList& out) {
   b_proj_.collect(out);
   if (A_log_) out.push_back(&*A_log_);
   if (dt_bias_) out.push_back(&*dt_bias_);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   q_branch_.collect_conv(out);
   k_branch_.collect_conv(out);
   v_branch_.collect_conv(out);
@@ -194,12 +181,7 @@ Tensor DeltaMixer::forward_segment(const Tensor& x, const SegmentIn& in, Segment
     out->transitions = {tr};
   }
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    gate_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    normed_ = o;
-    o = Tensor::empty(normed_.shape(), x.dtype());
-    kernels::swiglu_forward(gate_, normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, heads_ * dv_}));
 }
 
@@ -208,13 +190,10 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
   const int64_t B = dy.dim(0), T = dy.dim(1);
   Tensor dx;  // the gradient reaching x through the projections that do not see the halo
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
-  if (g_proj_) {
-    Tensor dgate = Tensor::empty(gate_.shape(), dy.dtype());
-    Tensor dnormed = Tensor::empty(normed_.shape(), dy.dtype());
-    kernels::swiglu_backward(gate_, normed_, d_o, dgate, dnormed);
-    gate_ = normed_ = Tensor();
-    d_o = dnormed;
-    accumulate(dx, g_proj_->backward(dgate.view({B, T, heads_ * dv_})));
+  if (out_gate_) {
+    Tensor dx_gate;
+    d_o = out_gate_->backward(d_o, dx_gate);
+    kernels::accumulate(dx, dx_gate);
   }
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
@@ -224,12 +203,12 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
 
   Tensor db = Tensor::empty(b_.shape(), dy.dtype());
   kernels::delta_beta_backward(b_, beta_scale_, gr.dbeta, db);
-  accumulate(dx, b_proj_.backward(db));
+  kernels::accumulate(dx, b_proj_.backward(db));
   if (gated_) {
     Tensor da = Tensor::empty(a_.shape(), dy.dtype());
     kernels::delta_log_decay_backward(a_, A_log_->value, dt_bias_->value, gr.dg, da, A_log_->grad,
                                       dt_bias_->grad);
-    accumulate(dx, a_proj_->backward(da));
+    kernels::accumulate(dx, a_proj_->backward(da));
   }
   b_ = beta_ = a_ = g_ = Tensor();
 

@@ -23,6 +23,7 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/output_gate.h"
 #include "core/modules/mixers/short_conv.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
@@ -77,7 +78,8 @@ class DeltaMixer final : public TokenMixer {
   double beta_scale_;
   ConvProjection q_branch_, k_branch_, v_branch_;
   Linear b_proj_;
-  std::optional<Linear> a_proj_, g_proj_;
+  std::optional<Linear> a_proj_;
+  std::optional<SwishOutputGate> out_gate_;
   std::optional<Parameter> A_log_, dt_bias_;
   std::optional<RMSNorm> o_norm_;
   Linear o_proj_;
@@ -86,7 +88,6 @@ class DeltaMixer final : public TokenMixer {
   Tensor q_raw_, k_raw_, q_rstd_, k_rstd_;  // before the L2 norm, and its 1 / norm
   Tensor q_, k_;                            // after it (shared with the core, no extra memory)
   Tensor b_, beta_, a_, g_;                 // beta and decay logits and values
-  Tensor gate_, normed_;                    // output gate logits and the normed output
 };
 
 }  // namespace linea

@@ -3,9 +3,9 @@
 #include <cmath>
 
 #include "core/modules/mixers/decay_ops.h"
+#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
-#include "kernels/swiglu.h"
 
 namespace linea {
 namespace {
@@ -14,7 +14,7 @@ namespace {
 template <typename F>
 Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
   Tensor y = Tensor::empty(a.shape(), a.dtype());
-  auto run = [&](auto tag) {
+  dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* pa = a.data<T>();
     const T* pb = b.defined() ? b.data<T>() : nullptr;
@@ -22,11 +22,7 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
     T* py = y.data<T>();
     for (int64_t i = 0, n = a.numel(); i < n; ++i)
       py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
-  };
-  if (a.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return y;
 }
 
@@ -34,7 +30,7 @@ Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
 Tensor softmax_last(const Tensor& s) {
   Tensor p = Tensor::empty(s.shape(), s.dtype());
   const int64_t n = s.dim(-1), rows = s.numel() / n;
-  auto run = [&](auto tag) {
+  dispatch_float(s.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* ps = s.data<T>();
     T* pp = p.data<T>();
@@ -45,18 +41,14 @@ Tensor softmax_last(const Tensor& s) {
       for (int64_t j = 0; j < n; ++j) z += std::exp(double(ps[r * n + j]) - mx);
       for (int64_t j = 0; j < n; ++j) pp[r * n + j] = T(std::exp(double(ps[r * n + j]) - mx) / z);
     }
-  };
-  if (s.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return p;
 }
 
 Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
   Tensor ds = Tensor::empty(p.shape(), p.dtype());
   const int64_t n = p.dim(-1), rows = p.numel() / n;
-  auto run = [&](auto tag) {
+  dispatch_float(p.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* pp = p.data<T>();
     const T* pd = dp.data<T>();
@@ -67,21 +59,8 @@ Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
       for (int64_t j = 0; j < n; ++j)
         po[r * n + j] = T(double(pp[r * n + j]) * (double(pd[r * n + j]) - dot));
     }
-  };
-  if (p.dtype() == DType::kF32)
-    run(float{});
-  else
-    run(double{});
+  });
   return ds;
-}
-
-int64_t head_dim_of(const MixerContext& ctx, const config::MixerConfig& m) {
-  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
-      << "model.mixer.num_heads is " << m.num_heads();
-  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
-                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
-      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
 }
 
 int64_t slots_of(const config::MixerConfig& m) {
@@ -103,8 +82,8 @@ double gsa_gate_normalizer(const config::MixerConfig& m) {
 
 GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::MixerConfig& m)
     : heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
-      dv_(m.value_dim() > 0 ? m.value_dim() : head_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
+      dv_(m.value_dim() > 0 ? m.value_dim() : mixer_head_dim(ctx, m)),
       slots_(slots_of(m)),
       gate_norm_(gsa_gate_normalizer(m)),
       conv_size_(m.short_conv() == config::MixerConfig::ON ? m.conv_size() : 0),
@@ -123,7 +102,7 @@ GatedSlotAttention::GatedSlotAttention(const MixerContext& ctx, const config::Mi
     v_conv_.emplace(ctx.prefix + ".v_conv1d", heads_ * dv_, conv_size_, /*silu=*/true, ctx.dtype);
   }
   if (m.output_gate() != config::MixerConfig::OFF)
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+    out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
 }
 
@@ -132,7 +111,7 @@ void GatedSlotAttention::init(uint64_t seed, double std, double out_std) {
   init_normal(k_proj_.weight(), seed, std);
   init_normal(v_proj_.weight(), seed, std);
   init_normal(f_proj_.weight(), seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default (ShortConv::init): a conv at the projections' std would shrink q, k,
   // v by ~std.
@@ -147,7 +126,7 @@ void GatedSlotAttention::collect(ParameterList& out) {
   f_proj_.collect(out);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
     if (*c) (*c)->collect(out);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
@@ -199,12 +178,7 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
 
   // Output side: per-head norm, swish output gate, projection.
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    o_normed_ = o;
-    o = Tensor::empty(o.shape(), o.dtype());
-    kernels::swiglu_forward(g_, o_normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, heads_ * dv_}));
 }
 
@@ -213,14 +187,7 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   const int64_t B = dy.dim(0), T = T_, halo = halo_size();
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
   Tensor dx;
-  if (g_proj_) {
-    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
-    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
-    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
-    dx = g_proj_->backward(dg.view({B, T, heads_ * dv_}));
-    d_o = dn;
-    g_ = o_normed_ = Tensor();
-  }
+  if (out_gate_) d_o = out_gate_->backward(d_o, dx);
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
   const Tensor ds_out_k = in.d_final_states.size() > 0 ? in.d_final_states[0] : Tensor();
@@ -243,11 +210,7 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   Tensor df = Tensor::empty(f_.shape(), dy.dtype());
   kernels::log_sigmoid_decay_backward(f_, d_la, tau, df);
   log_alpha_ = f_ = Tensor();
-  Tensor dx_f = f_proj_.backward(df.view({B, T, heads_ * slots_}));
-  if (dx.defined())
-    kernels::add_inplace(dx, dx_f);
-  else
-    dx = dx_f;
+  kernels::accumulate(dx, f_proj_.backward(df.view({B, T, heads_ * slots_})));
 
   const Tensor dq = decay_ops::act_backward(kernels::Activation::kSilu, q_pre_, gk.dq);
   const Tensor dk = decay_ops::act_backward(kernels::Activation::kSilu, k_pre_, gk.dk);

@@ -22,6 +22,7 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/output_gate.h"
 #include "core/modules/mixers/short_conv.h"
 #include "core/modules/mixers/state_core.h"
 #include "core/modules/rmsnorm.h"
@@ -43,14 +44,14 @@ class GatedSlotAttention final : public TokenMixer {
   double gate_norm_;   // tau: log alpha = logsigmoid(.) / tau
   int64_t conv_size_;  // 0 = no short convolution
   Linear q_proj_, k_proj_, v_proj_, f_proj_, o_proj_;
-  std::optional<Linear> g_proj_;
+  std::optional<SwishOutputGate> out_gate_;
   std::optional<RMSNorm> o_norm_;
   std::optional<ShortConv> q_conv_, k_conv_, v_conv_;
   GlaCore keys_, values_;  // pass 1 and pass 2
   // Saved for the backward.
   int64_t T_ = 0;
   Tensor q_pre_, k_pre_, v_pre_;  // swish inputs [B, T, H, d]
-  Tensor f_, log_alpha_, p_, o_normed_, g_;
+  Tensor f_, log_alpha_, p_;
 };
 
 }  // namespace linea

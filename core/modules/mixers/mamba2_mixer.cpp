@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/modules/mixers/decay_mixers.h"
+#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 
@@ -15,15 +16,6 @@ namespace {
 
 using MC = config::MixerConfig;
 using kernels::Activation;
-
-template <typename F>
-void with_float(DType dt, F&& f) {
-  LINEA_CHECK(dt == DType::kF32 || dt == DType::kF64) << "Mamba2 runs in f32 or f64";
-  if (dt == DType::kF32)
-    f(float{});
-  else
-    f(double{});
-}
 
 int64_t inner_width(const MixerContext& ctx, const MC& m) {
   const double w = m.expand_v() * double(ctx.hidden);
@@ -45,17 +37,13 @@ int64_t inner_width(const MixerContext& ctx, const MC& m) {
   return inner;
 }
 
-int64_t state_width(const MixerContext& ctx, const MC& m) {
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 bool gate_on(const MC& m) { return m.output_gate() != MC::OFF; }  // Mamba2 has the z gate
 
 // [B, T, N] -> [B, T, H, N]: the one group of B (or C) every head reads.
 Tensor heads_broadcast(const Tensor& m, int64_t H) {
   const int64_t rows = m.dim(0) * m.dim(1), N = m.dim(2);
   Tensor out = Tensor::empty({m.dim(0), m.dim(1), H, N}, m.dtype());
-  with_float(m.dtype(), [&](auto tag) {
+  dispatch_float(m.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* s = m.data<T>();
     T* d = out.data<T>();
@@ -70,7 +58,7 @@ Tensor heads_broadcast(const Tensor& m, int64_t H) {
 Tensor heads_sum(const Tensor& d) {
   const int64_t rows = d.dim(0) * d.dim(1), H = d.dim(2), N = d.dim(3);
   Tensor out = Tensor::empty({d.dim(0), d.dim(1), N}, d.dtype());
-  with_float(d.dtype(), [&](auto tag) {
+  dispatch_float(d.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* s = d.data<T>();
     T* o = out.data<T>();
@@ -89,7 +77,7 @@ void discretise(const Tensor& xs, const Tensor& dt, const Tensor& A_log, Tensor&
   const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
   g = Tensor::empty(dt.shape(), dt.dtype());
   v = Tensor::empty(xs.shape(), xs.dtype());
-  with_float(xs.dtype(), [&](auto tag) {
+  dispatch_float(xs.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T *xp = xs.data<T>(), *dtp = dt.data<T>(), *ap = A_log.data<T>();
     T *gp = g.data<T>(), *vp = v.data<T>();
@@ -106,7 +94,7 @@ void discretise(const Tensor& xs, const Tensor& dt, const Tensor& A_log, Tensor&
 // o[b, t, h, :] += D[h] x[b, t, h, :].
 void add_skip(Tensor& o, const Tensor& xs, const Tensor& D) {
   const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
-  with_float(xs.dtype(), [&](auto tag) {
+  dispatch_float(xs.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T *xp = xs.data<T>(), *Dp = D.data<T>();
     T* op = o.data<T>();
@@ -125,7 +113,7 @@ void discretise_backward(const Tensor& xs, const Tensor& dt, const Tensor& g, co
   const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
   dxs = Tensor::empty(xs.shape(), xs.dtype());
   ddt = Tensor::empty(dt.shape(), dt.dtype());
-  with_float(xs.dtype(), [&](auto tag) {
+  dispatch_float(xs.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T *xp = xs.data<T>(), *dtp = dt.data<T>(), *gp = g.data<T>(), *ap = A_log.data<T>(),
             *Dp = D.data<T>(), *dvp = dv.data<T>(), *dgp = dg.data<T>(), *dop = d_o.data<T>();
@@ -156,7 +144,7 @@ void discretise_backward(const Tensor& xs, const Tensor& dt, const Tensor& g, co
 Mamba2::Mamba2(const MixerContext& ctx, const MC& m)
     : heads_(m.num_heads()),
       head_v_(inner_width(ctx, m) / m.num_heads()),
-      state_(state_width(ctx, m)),
+      state_(mixer_head_dim(ctx, m)),  // N: head_dim sets the state width
       inner_(inner_width(ctx, m)),
       gate_(gate_on(m)),
       col_x_(gate_ ? inner_ : 0),

@@ -19,6 +19,9 @@ struct MixerContext {
   DType dtype = DType::kF32;
 };
 
+// The key (query) width per head: model.mixer.head_dim, or hidden / num_heads when that is 0.
+int64_t mixer_head_dim(const MixerContext& ctx, const config::MixerConfig& m);
+
 // basic_linear_attention.cpp: LINEAR_ATTENTION with every feature map.
 std::unique_ptr<TokenMixer> make_basic_linear_attention(const MixerContext& ctx,
                                                         const config::MixerConfig& m);

@@ -7,10 +7,10 @@
 
 #include "core/modules/mixers/decay_ops.h"
 #include "core/modules/mixers/state_core.h"
+#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/l2norm.h"
-#include "kernels/swiglu.h"
 
 namespace linea {
 
@@ -19,14 +19,6 @@ using MC = config::MixerConfig;
 namespace {
 
 constexpr double kL2Eps = 1e-6;  // fla's l2norm inside the gated delta rule kernels
-
-template <typename F>
-void dispatch_float(DType dt, F&& f) {
-  if (dt == DType::kF32)
-    f(float{});
-  else
-    f(double{});
-}
 
 // act over the projections of [halo; x] -> [B, T, C]: the causal short conv + SiLU with the halo
 // rows' outputs dropped, or SiLU alone (no conv, no halo).
@@ -77,18 +69,9 @@ int64_t padded_length(int64_t n, int64_t chunk) {
   return (n + chunk - 1) / chunk * chunk;
 }
 
-int64_t head_dim_of(const MixerContext& ctx, const MC& m) {
-  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
-      << "model.mixer.num_heads is " << m.num_heads();
-  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
-                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
-      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
-  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
-}
-
 int64_t value_dim_of(const MixerContext& ctx, const MC& m) {
   if (m.value_dim() > 0) return m.value_dim();
-  const int64_t dv = std::llround(head_dim_of(ctx, m) * m.expand_v());
+  const int64_t dv = std::llround(mixer_head_dim(ctx, m) * m.expand_v());
   LINEA_USER_CHECK(dv > 0, "set model.mixer.expand_v (or value_dim) to give a positive width")
       << "value width " << dv;
   return dv;
@@ -246,23 +229,17 @@ class MomMemory {
     kernels::add_inplace(out.dx_ext, v_proj_.backward(activate_backward(vp_, sh.v_conv, dv)));
     kp_ = vp_ = Tensor();
 
-    auto add_dx = [&out](const Tensor& d) {
-      if (out.dx.defined())
-        kernels::add_inplace(out.dx, d);
-      else
-        out.dx = d;
-    };
     if (is_delta(kind_)) {
       Tensor db = Tensor::empty(b_pre_.shape(), d_o.dtype());
       kernels::delta_beta_backward(b_pre_, beta_scale(), scatter_time(dbc, route_, T), db);
-      add_dx(b_proj_->backward(db));
+      kernels::accumulate(out.dx, b_proj_->backward(db));
       b_pre_ = Tensor();
       if (kind_ == MC::GATED_DELTANET) {
         Tensor da = Tensor::empty(a_pre_.shape(), d_o.dtype());
         kernels::delta_log_decay_backward(a_pre_, sh.a_log->value, sh.dt_bias->value,
                                           scatter_time(dgc, route_, T), da, sh.a_log->grad,
                                           sh.dt_bias->grad);
-        add_dx(a_proj_->backward(da));
+        kernels::accumulate(out.dx, a_proj_->backward(da));
         a_pre_ = Tensor();
       }
     } else if (kind_ == MC::SIMPLE_GLA || kind_ == MC::GLA) {
@@ -270,10 +247,11 @@ class MomMemory {
       kernels::log_sigmoid_decay_backward(gk_pre_, scatter_time(dgc, route_, T), gate_norm_, dpre);
       gk_pre_ = Tensor();
       if (kind_ == MC::SIMPLE_GLA) {
-        add_dx(gk_proj_->backward(dpre));
+        kernels::accumulate(out.dx, gk_proj_->backward(dpre));
       } else {
         decay_ops::bias_backward(dpre.view({B * T, heads_ * dk_}), gk_bias_->grad);
-        add_dx(gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
+        kernels::accumulate(out.dx,
+                            gk_proj_->backward(gk_up_->backward(dpre.view({B, T, heads_ * dk_}))));
       }
     }
     return out;
@@ -318,7 +296,7 @@ MomMemory::Shared memory_shared(std::optional<ShortConv>& k_conv, std::optional<
 
 MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
     : heads_(m.num_heads()),
-      dk_(head_dim_of(ctx, m)),
+      dk_(mixer_head_dim(ctx, m)),
       dv_(value_dim_of(ctx, m)),
       num_memories_(m.num_memories()),
       top_k_(m.memory_top_k()),
@@ -349,8 +327,7 @@ MixtureOfMemories::MixtureOfMemories(const MixerContext& ctx, const MC& m)
     memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, i, heads_, dk_, dv_));
   if (m.shared_memory())
     memories_.push_back(std::make_unique<MomMemory>(ctx, m, kind, -1, heads_, dk_, dv_));
-  if (m.output_gate() != MC::OFF)
-    g_proj_.emplace(ctx.prefix + ".g_proj", ctx.hidden, heads_ * dv_, ctx.dtype);
+  if (m.output_gate() != MC::OFF) out_gate_.emplace(ctx.prefix, ctx.hidden, heads_, dv_, ctx.dtype);
   if (m.output_norm()) o_norm_.emplace(ctx.prefix + ".o_norm", dv_, ctx.norm_eps, ctx.dtype);
   init_decay();
 }
@@ -361,7 +338,7 @@ void MixtureOfMemories::init(uint64_t seed, double std, double out_std) {
   init_normal(q_proj_.weight(), seed, std);
   init_normal(gate_.weight(), seed, std);
   for (auto& mem : memories_) mem->init(seed, std);
-  if (g_proj_) init_normal(g_proj_->weight(), seed, std);
+  if (out_gate_) out_gate_->init(seed, std);
   init_normal(o_proj_.weight(), seed, out_std);
   // PyTorch's Conv1d default scale (uniform, bound 1/sqrt(K), std 1/sqrt(3K)).
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
@@ -391,7 +368,7 @@ void MixtureOfMemories::collect(ParameterList& out) {
   if (dt_bias_) out.push_back(&*dt_bias_);
   for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
     if (*c) (*c)->collect(out);
-  if (g_proj_) g_proj_->collect(out);
+  if (out_gate_) out_gate_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
 }
@@ -485,12 +462,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
   });
 
   if (o_norm_) o = o_norm_->forward(o);
-  if (g_proj_) {
-    g_ = g_proj_->forward(x).view({B, T, heads_, dv_});
-    o_normed_ = o;
-    o = Tensor::empty(o.shape(), o.dtype());
-    kernels::swiglu_forward(g_, o_normed_, o);
-  }
+  if (out_gate_) o = out_gate_->forward(x, o);
   return o_proj_.forward(o.view({B, T, F}));
 }
 
@@ -500,14 +472,7 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
   const int64_t M = num_memories_, K = top_k_, F = heads_ * dv_;
   Tensor d_o = o_proj_.backward(dy).view({B, T, heads_, dv_});
   Tensor dx_gate;
-  if (g_proj_) {
-    Tensor dg = Tensor::empty(g_.shape(), g_.dtype());
-    Tensor dn = Tensor::empty(o_normed_.shape(), o_normed_.dtype());
-    kernels::swiglu_backward(g_, o_normed_, d_o, dg, dn);
-    dx_gate = g_proj_->backward(dg.view({B, T, F}));
-    d_o = dn;
-    g_ = o_normed_ = Tensor();
-  }
+  if (out_gate_) d_o = out_gate_->backward(d_o, dx_gate);
   if (o_norm_) d_o = o_norm_->backward(d_o);
 
   // Gradients of each memory's compact outputs and of the router weights.

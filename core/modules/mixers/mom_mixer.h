@@ -34,6 +34,7 @@
 
 #include "core/modules/linear.h"
 #include "core/modules/mixers/mixer_factories.h"
+#include "core/modules/mixers/output_gate.h"
 #include "core/modules/mixers/short_conv.h"
 #include "core/modules/rmsnorm.h"
 
@@ -65,7 +66,7 @@ class MixtureOfMemories final : public TokenMixer {
   int64_t heads_, dk_, dv_, num_memories_, top_k_, chunk_, conv_size_;
   bool delta_kind_;  // GATED_DELTANET / DELTANET: q and k are L2-normalised
   Linear q_proj_, gate_, o_proj_;
-  std::optional<Linear> g_proj_;
+  std::optional<SwishOutputGate> out_gate_;
   std::optional<RMSNorm> o_norm_;
   std::optional<ShortConv> q_conv_, k_conv_, v_conv_;
   std::optional<Parameter> a_log_, dt_bias_;
@@ -78,7 +79,6 @@ class MixtureOfMemories final : public TokenMixer {
   std::vector<int64_t> slot_;        // [B*T*k] its position in that memory's compact sequence
   std::vector<MemoryRoute> routes_;  // per memory (the shared one: every token)
   std::vector<Tensor> memory_out_;   // per memory: compact outputs [B, L, H, dv]
-  Tensor o_normed_, g_;
 };
 
 }  // namespace linea

@@ -12,6 +12,15 @@ config::MixerConfig mixer_config_for_layer(const config::Config& cfg, int layer)
   return m;
 }
 
+int64_t mixer_head_dim(const MixerContext& ctx, const config::MixerConfig& m) {
+  LINEA_USER_CHECK(m.num_heads() > 0, "set model.mixer.num_heads to a positive number")
+      << "model.mixer.num_heads is " << m.num_heads();
+  LINEA_USER_CHECK(m.head_dim() > 0 || ctx.hidden % m.num_heads() == 0,
+                   "choose model.mixer.num_heads dividing model.hidden_size, or set head_dim")
+      << "hidden size " << ctx.hidden << " is not divisible by " << m.num_heads() << " heads";
+  return m.head_dim() > 0 ? m.head_dim() : ctx.hidden / m.num_heads();
+}
+
 std::unique_ptr<TokenMixer> make_token_mixer(const config::Config& cfg, int layer,
                                              const std::string& prefix, DType dtype) {
   const std::string pattern = resolved_layer_pattern(cfg);
