@@ -96,6 +96,15 @@ double global_grad_norm(const ParameterList& params, const ProcessGrid& grid) {
   return std::sqrt(replicated + expert);
 }
 
+int64_t count_parameters(const ParameterList& params, const ProcessGrid& grid) {
+  double replicated = 0, expert = 0;
+  for (const Parameter* p : params)
+    (p->sharding == ParamSharding::kExpert ? expert : replicated) +=
+        static_cast<double>(p->value.numel());
+  if (grid.ep().size() > 1) expert = grid.ep().all_reduce_scalar(expert, ReduceOp::kSum);
+  return static_cast<int64_t>(replicated + expert);
+}
+
 double clip_gradients(const ParameterList& params, const ProcessGrid& grid, double max_norm) {
   const double norm = global_grad_norm(params, grid);
   if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {

@@ -36,6 +36,10 @@ void sync_gradients(const ParameterList& params, const ProcessGrid& grid);
 // the same on every rank. Call after sync_gradients.
 double global_grad_norm(const ParameterList& params, const ProcessGrid& grid);
 
+// The number of parameters of the whole model, every parameter counted once (replicated ones
+// locally, expert ones summed over grid.ep()). Collective over grid.ep().
+int64_t count_parameters(const ParameterList& params, const ProcessGrid& grid);
+
 // Scales every gradient by max_norm / norm when the global norm exceeds max_norm (0: never);
 // returns the norm before scaling. Collective like global_grad_norm.
 double clip_gradients(const ParameterList& params, const ProcessGrid& grid, double max_norm);

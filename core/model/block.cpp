@@ -23,24 +23,25 @@ std::unique_ptr<TokenMixer> sequence_parallel(std::unique_ptr<TokenMixer> mixer,
   return mixer;
 }
 // The one switch choosing a layer's channel mixer (resolved_moe_pattern says which layers are MoE).
-std::unique_ptr<ChannelMixer> make_channel_mixer(const config::Config& cfg, int layer,
-                                                 DType dtype) {
+std::unique_ptr<ChannelMixer> make_channel_mixer(const config::Config& cfg, int layer, DType dtype,
+                                                 parallel::Communicator* ep) {
   const std::string name = layer_prefix(layer) + ".mlp";
   const int64_t hidden = cfg.model().hidden_size();
   if (resolved_moe_pattern(cfg)[layer] == 'E')
-    return std::make_unique<MoeLayer>(name, hidden, cfg.model().channel_mixer().moe(), dtype);
+    return std::make_unique<MoeLayer>(name, hidden, cfg.model().channel_mixer().moe(), dtype, ep);
   return std::make_unique<SwiGLUMLP>(name, hidden, resolved_intermediate_size(cfg), dtype);
 }
 }  // namespace
 
-Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp)
+Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp,
+             parallel::Communicator* ep)
     : attn_norm_(layer_prefix(layer) + ".attn_norm", cfg.model().hidden_size(),
                  cfg.model().norm_eps(), dtype),
       mixer_(sequence_parallel(make_token_mixer(cfg, layer, layer_prefix(layer) + ".mixer", dtype),
                                sp, layer)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(make_channel_mixer(cfg, layer, dtype)) {}
+      mlp_(make_channel_mixer(cfg, layer, dtype, ep)) {}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);

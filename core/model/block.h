@@ -13,8 +13,10 @@ namespace linea {
 
 class Block {
  public:
-  // sp: the sequence-parallel group (null or size 1: no sequence parallelism).
-  Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp = nullptr);
+  // sp: the sequence-parallel group (null or size 1: no sequence parallelism); ep: the
+  // expert-parallel group of an MoE channel mixer (null or size 1: every expert here).
+  Block(const config::Config& cfg, int layer, DType dtype, parallel::Communicator* sp = nullptr,
+        parallel::Communicator* ep = nullptr);
   void init(uint64_t seed, double std, double out_std);
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);

@@ -10,13 +10,14 @@
 
 namespace linea {
 
-Model::Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp)
+Model::Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp,
+             parallel::Communicator* ep)
     : cfg_(cfg), dtype_(dtype) {
   const auto& m = cfg.model();
   embeddings_ = make_parameter("embeddings.weight", {m.vocab_size(), m.hidden_size()}, dtype,
                                /*weight_decay=*/true);
   for (int i = 0; i < m.num_layers(); ++i)
-    blocks_.push_back(std::make_unique<Block>(cfg, i, dtype, sp));
+    blocks_.push_back(std::make_unique<Block>(cfg, i, dtype, sp, ep));
   final_norm_ = std::make_unique<RMSNorm>("norm", m.hidden_size(), m.norm_eps(), dtype);
   if (!m.tie_embeddings()) {
     lm_head_ = make_parameter("lm_head.weight", {m.vocab_size(), m.hidden_size()}, dtype, true);

@@ -27,8 +27,10 @@ struct LossStats {
 class Model {
  public:
   // sp: the sequence-parallel group (null: none); batches then hold this rank's shard of every
-  // sequence.
-  Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp = nullptr);
+  // sequence. ep: the expert-parallel group (null: none); the MoE layers then hold only this
+  // rank's experts, and parameters() lists only those.
+  Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp = nullptr,
+        parallel::Communicator* ep = nullptr);
   ~Model();
   // Initialises every parameter from `seed` (std = model.init_std; output projections scaled by
   // 1/sqrt(2 * num_layers)); identical on every rank.
@@ -44,6 +46,7 @@ class Model {
   const ParameterList& parameters() const { return params_; }
   // The MoE channel mixers, in layer order (empty for a dense model).
   const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
+  // Parameters held by this rank (with EP: the replicated ones plus this rank's experts).
   int64_t num_parameters() const;
   void zero_grad();
   DType dtype() const { return dtype_; }

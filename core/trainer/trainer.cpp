@@ -46,13 +46,6 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   validate_config(cfg, world.size());
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
-  // The grid, the gradient reduction and the norm support EP already; the MoE layer does not yet
-  // take the EP group, and without it each rank would run every expert on its own tokens only.
-  LINEA_USER_CHECK(cfg.parallel().ep() == 1,
-                   "set parallel.ep = 1 until the MoE layer takes the EP group "
-                   "(parallel/expert_dispatch.h)")
-      << "parallel.ep = " << cfg.parallel().ep()
-      << ": the MoE layer does not exchange tokens across an EP group yet";
   parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp(), cfg.parallel().ep()});
   const bool leader = world.rank() == 0;
 
@@ -73,18 +66,19 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       << dataset->vocab_size() - 1;
 
   const DType dtype = dtype_from_name(tc.dtype());
-  Model model(cfg, dtype, &grid.sp());
+  Model model(cfg, dtype, &grid.sp(), &grid.ep());
   model.init(tc.seed());
   AdamW optimizer(model.parameters(), cfg.optimizer());
-  spdlog::info("model: {} parameters, layers {} ({}), hidden {}, dtype {}", model.num_parameters(),
-               cfg.model().num_layers(), resolved_layer_pattern(cfg), cfg.model().hidden_size(),
-               tc.dtype());
-  spdlog::info("grid: world {} = dp {} x sp {}; global batch {} x {} tokens", world.size(), dp,
-               cfg.parallel().sp(), int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp,
-               dataset->seq_len());
+  const int64_t total_parameters = parallel::count_parameters(model.parameters(), grid);
+  spdlog::info("model: {} parameters ({} on this rank), layers {} ({}), hidden {}, dtype {}",
+               total_parameters, model.num_parameters(), cfg.model().num_layers(),
+               resolved_layer_pattern(cfg), cfg.model().hidden_size(), tc.dtype());
+  spdlog::info("grid: world {} = dp {} x sp {}, ep {}; global batch {} x {} tokens", world.size(),
+               dp, cfg.parallel().sp(), cfg.parallel().ep(),
+               int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp, dataset->seq_len());
 
   TrainSummary summary;
-  summary.num_parameters = model.num_parameters();
+  summary.num_parameters = total_parameters;
   const int accum = tc.grad_accum_steps();
   for (int64_t step = 0; step < tc.steps(); ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -129,6 +123,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
     const bool has_moe = !model.moe_layers().empty();
     double aux_loss = 0, z_loss = 0, load_max_over_mean = 0;
+    std::vector<double> layer_max_over_mean;  // per MoE layer, in layer order
     std::vector<std::vector<double>> global_load;
     if (has_moe) {
       aux_loss = grid.dp_sp().all_reduce_scalar(aux_sum) / micro_batches;
@@ -150,7 +145,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         const auto& g = global_load.back();
         double total = 0, mx = 0;
         for (double v : g) total += v, mx = std::max(mx, v);
-        if (total > 0) load_max_over_mean = std::max(load_max_over_mean, mx * g.size() / total);
+        layer_max_over_mean.push_back(total > 0 ? mx * g.size() / total : 0.0);
+        load_max_over_mean = std::max(load_max_over_mean, layer_max_over_mean.back());
       }
     }
     const double grad_norm =
@@ -212,6 +208,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
           j["aux_loss"] = aux_loss;
           j["z_loss"] = z_loss;
           j["expert_load_max_over_mean"] = load_max_over_mean;
+          if (cfg.model().channel_mixer().moe().log_expert_load())
+            j["expert_load_max_over_mean_by_layer"] = layer_max_over_mean;
           j["dropped_tokens"] = dropped;
         }
         metrics << j.dump() << "\n" << std::flush;

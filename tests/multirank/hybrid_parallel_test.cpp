@@ -1,6 +1,11 @@
-// Whole training runs under sequence parallelism: a 1/4 hybrid model (LLLNLLLN, MoE off) trained
-// for 5 steps as DP x SP on W ranks gives the same losses as one rank with the whole batch (f64,
-// 1e-10). Layouts: SP = W; and DP = 2 x SP = 2 on 4 ranks.
+// Whole training runs under sequence and expert parallelism: a 1/4 hybrid model (LLLNLLLN) trained
+// for 5 steps as DP x SP (x EP) on W ranks gives the same losses as one rank with the whole batch
+// (f64, 1e-10). Layouts: SP = W; DP = 2 x SP = 2 on 4 ranks; and with MoE channel mixers on every
+// second layer, SP = W with EP = W, and DP = 2 x SP = 2 with EP = 2 (each SP pair shares experts)
+// and EP = 4 (the experts spread over all four ranks), for both routers. The MoE models train with
+// the load-balancing aux loss off: it is a per-micro-batch product of means (docs/moe.md), so a
+// sequence split over SP ranks balances each shard, not the whole sequence; the z-loss (a per-token
+// mean) and the aux-loss-free bias (updated from the global load) are on and exact.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -45,22 +50,47 @@ std::string temp_dir(const std::string& name, int rank) {
       .string();
 }
 
-void expect_layout_matches_one_rank(int dp, int sp) {
+// The hybrid with MoE channel mixers on layers 1, 3, 5, 7 (8 experts, top-2, one shared expert).
+void add_moe(config::Config& cfg, config::MoeConfig::Router router) {
+  auto* cm = cfg.mutable_model()->mutable_channel_mixer();
+  cm->set_kind(config::ChannelMixerConfig::MOE);
+  cm->set_moe_every(2);
+  auto* moe = cm->mutable_moe();
+  moe->set_router(router);
+  moe->set_num_experts(8);
+  moe->set_top_k(2);
+  moe->set_expert_intermediate_size(12);
+  moe->set_num_shared_experts(1);
+  moe->set_shared_intermediate_size(8);
+  moe->set_aux_loss_coeff(0);
+  moe->set_z_loss_coeff(0.01);
+  moe->set_bias_update_rate(0.01);
+}
+
+void expect_layout_matches_one_rank(int dp, int sp, int ep = 1,
+                                    const config::MoeConfig::Router* router = nullptr) {
   auto world = parallel::MpiCommunicator::world();
   config::Config par = hybrid_config(temp_dir("par", world->rank()));
+  if (router) add_moe(par, *router);
   par.mutable_parallel()->set_dp(dp);
   par.mutable_parallel()->set_sp(sp);
+  par.mutable_parallel()->set_ep(ep);
   TrainSummary got = train(par, *world);
 
   parallel::SelfCommunicator self;
   config::Config one = hybrid_config(temp_dir("one", world->rank()));
+  if (router) add_moe(one, *router);
   one.mutable_train()->set_micro_batch_size(2 * dp);
   TrainSummary ref = train(one, self);
 
   ASSERT_EQ(got.losses.size(), 5u);
-  for (size_t s = 0; s < got.losses.size(); ++s)
+  EXPECT_EQ(got.num_parameters, ref.num_parameters);
+  for (size_t s = 0; s < got.losses.size(); ++s) {
     EXPECT_NEAR(got.losses[s], ref.losses[s], 1e-10)
-        << "dp " << dp << " sp " << sp << " step " << s;
+        << "dp " << dp << " sp " << sp << " ep " << ep << " step " << s;
+    EXPECT_NEAR(got.aux_losses[s], ref.aux_losses[s], 1e-10)
+        << "dp " << dp << " sp " << sp << " ep " << ep << " step " << s;
+  }
   for (const char* n : {"par", "one"}) std::filesystem::remove_all(temp_dir(n, world->rank()));
 }
 
@@ -73,6 +103,26 @@ TEST(SequenceParallel, HybridModelDp2Sp2MatchesOneRank) {
   auto world = parallel::MpiCommunicator::world();
   if (world->size() != 4) GTEST_SKIP() << "needs 4 ranks";
   expect_layout_matches_one_rank(2, 2);
+}
+
+TEST(ExpertParallel, HybridMoeSpEqualsEpEqualsWorldMatchesOneRank) {
+  auto world = parallel::MpiCommunicator::world();
+  const auto router = config::MoeConfig::SOFTMAX_TOPK;
+  expect_layout_matches_one_rank(1, world->size(), world->size(), &router);
+}
+
+TEST(ExpertParallel, HybridMoeDp2Sp2Ep2MatchesOneRank) {
+  auto world = parallel::MpiCommunicator::world();
+  if (world->size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  for (auto router : {config::MoeConfig::SOFTMAX_TOPK, config::MoeConfig::SIGMOID_BIAS})
+    expect_layout_matches_one_rank(2, 2, 2, &router);
+}
+
+TEST(ExpertParallel, HybridMoeDp2Sp2Ep4MatchesOneRank) {
+  auto world = parallel::MpiCommunicator::world();
+  if (world->size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  for (auto router : {config::MoeConfig::SOFTMAX_TOPK, config::MoeConfig::SIGMOID_BIAS})
+    expect_layout_matches_one_rank(2, 2, 4, &router);
 }
 
 }  // namespace

@@ -39,13 +39,20 @@ double dot_row(const Tensor& a, const Tensor& b, int64_t t) {
 }  // namespace
 
 MoeLayer::MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg,
-                   DType dtype)
+                   DType dtype, parallel::Communicator* ep)
     : cfg_(cfg),
       hidden_(hidden),
       dtype_(dtype),
       router_(name + ".gate", hidden, cfg, dtype),
       step_load_(cfg.num_experts(), 0.0) {
-  for (int e = 0; e < cfg.num_experts(); ++e) {
+  int local = cfg.num_experts();
+  if (ep && ep->size() > 1) {
+    dispatcher_ = std::make_unique<parallel::ExpertDispatcher>(*ep, cfg.num_experts());
+    local = dispatcher_->num_local_experts();
+    first_local_ = dispatcher_->first_local_expert();
+  }
+  // Experts keep their global index in their names (and so in their initial values).
+  for (int e = static_cast<int>(first_local_); e < first_local_ + local; ++e) {
     experts_.push_back(std::make_unique<SwiGLUMLP>(name + ".experts." + std::to_string(e), hidden,
                                                    cfg.expert_intermediate_size(), dtype));
     ParameterList ps;
@@ -68,24 +75,31 @@ void MoeLayer::init(uint64_t seed, double std, double out_std) {
   if (shared_gate_) init_normal(shared_gate_->weight(), seed, std);
 }
 
-Tensor MoeLayer::experts_forward(const Tensor& rows) {
+std::vector<int64_t> MoeLayer::local_counts() const {
+  if (dispatcher_) return dispatcher_->local_expert_counts();
+  std::vector<int64_t> counts(experts_.size());
+  for (size_t e = 0; e < experts_.size(); ++e) counts[e] = plan_.offsets[e + 1] - plan_.offsets[e];
+  return counts;
+}
+
+Tensor MoeLayer::experts_forward(const Tensor& rows, const std::vector<int64_t>& counts) {
   Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_);
-  for (size_t e = 0; e < experts_.size(); ++e) {
-    const int64_t a = plan_.offsets[e], b = plan_.offsets[e + 1];
-    if (a == b) continue;
-    Tensor block = out.slice(a, b);
-    block.copy_from(experts_[e]->forward(rows.slice(a, b)));
+  int64_t a = 0;
+  for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
+    if (counts[e] == 0) continue;
+    Tensor block = out.slice(a, a + counts[e]);
+    block.copy_from(experts_[e]->forward(rows.slice(a, a + counts[e])));
   }
   return out;
 }
 
-Tensor MoeLayer::experts_backward(const Tensor& drows) {
+Tensor MoeLayer::experts_backward(const Tensor& drows, const std::vector<int64_t>& counts) {
   Tensor dx = Tensor::empty({drows.dim(0), hidden_}, dtype_);
-  for (size_t e = 0; e < experts_.size(); ++e) {
-    const int64_t a = plan_.offsets[e], b = plan_.offsets[e + 1];
-    if (a == b) continue;
-    Tensor block = dx.slice(a, b);
-    block.copy_from(experts_[e]->backward(drows.slice(a, b)));
+  int64_t a = 0;
+  for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
+    if (counts[e] == 0) continue;
+    Tensor block = dx.slice(a, a + counts[e]);
+    block.copy_from(experts_[e]->backward(drows.slice(a, a + counts[e])));
   }
   return dx;
 }
@@ -100,8 +114,19 @@ Tensor MoeLayer::forward(const Tensor& x) {
   plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
                         expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
   Tensor rows = permute_tokens(xf, plan_);
-  // [communicate: identity at EP = 1] -> grouped expert compute -> [inverse communicate]
-  expert_out_ = experts_forward(rows);
+  if (dispatcher_) {
+    // The plan's rows are already grouped by global expert; dispatch keeps that order per source.
+    std::vector<int32_t> expert_of_row(static_cast<size_t>(plan_.rows()));
+    for (int64_t e = 0; e < num_experts(); ++e)
+      std::fill(expert_of_row.begin() + plan_.offsets[e],
+                expert_of_row.begin() + plan_.offsets[e + 1], static_cast<int32_t>(e));
+    dispatcher_->prepare(expert_of_row);
+    // dispatch -> this rank's experts on every source's rows -> combine back to plan order
+    expert_out_ =
+        dispatcher_->combine(experts_forward(dispatcher_->dispatch(rows), local_counts()));
+  } else {
+    expert_out_ = experts_forward(rows, local_counts());
+  }
   // finish: un-permute and combine with the router weights
   Tensor y = unpermute_combine(expert_out_, plan_, r.weight);
 
@@ -152,7 +177,14 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   std::vector<double> dweight;
   unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weights(), drows, dweight);
   expert_out_ = Tensor();
-  permute_tokens_backward(experts_backward(drows), plan_, dx);
+  if (dispatcher_) {
+    // combine's backward is dispatch; dispatch's backward is combine (expert_dispatch.h).
+    const Tensor d_received = dispatcher_->combine_backward(drows);
+    drows = dispatcher_->dispatch_backward(experts_backward(d_received, local_counts()));
+  } else {
+    drows = experts_backward(drows, local_counts());
+  }
+  permute_tokens_backward(drows, plan_, dx);
   kernels::add_inplace(dx, router_.backward(dweight, aux_grad_scale_));
   return dx.view(shape);
 }

@@ -5,10 +5,16 @@
 // num_shared_experts * shared_intermediate_size, and g_t = sigmoid(x_t w_g) with
 // shared_expert_gate (Qwen2-MoE) or 1 without.
 //
-// Data flow (dispatch splits at the brackets; identity while EP = 1):
-//   route -> plan_dispatch + permute_tokens -> [communicate] -> expert e runs a BLAS SwiGLU on its
-//   contiguous row block -> [inverse communicate] -> unpermute_combine (+ shared experts).
+// Data flow (dispatch splits at the brackets; identity without an EP group):
+//   route -> plan_dispatch + permute_tokens -> [dispatch] -> expert e runs a BLAS SwiGLU on its
+//   contiguous row block -> [combine] -> unpermute_combine (+ shared experts).
 // Dropless unless capacity_factor > 0 (token_permutation.h says which copies are dropped).
+//
+// Expert parallelism: with an EP group of P ranks (parallel/expert_dispatch.h) this rank holds
+// only the experts [r E / P, (r + 1) E / P) and runs them on the rows every rank of the group
+// routed to them; the router and the shared experts stay replicated. The capacity is applied
+// per source rank before dispatch (its own tokens), so EP = P computes exactly what EP = 1 does
+// on the same ranks. Every forward and backward is collective over the EP group.
 //
 // Parameter names (prefix "layers.<l>.mlp"): gate.weight [E, D]; experts.<e>.{gate,up}_proj.weight
 // [F, D], experts.<e>.down_proj.weight [D, F] (ParamSharding::kExpert);
@@ -25,6 +31,7 @@
 #include "core/modules/moe/router.h"
 #include "core/modules/moe/token_permutation.h"
 #include "core/modules/swiglu_mlp.h"
+#include "parallel/expert_dispatch.h"
 
 namespace linea {
 
@@ -39,7 +46,9 @@ struct MoeStats {
 
 class MoeLayer : public ChannelMixer {
  public:
-  MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype);
+  // ep: the EP group (borrowed; null or size 1: every expert on this rank).
+  MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype,
+           parallel::Communicator* ep = nullptr);
   void init(uint64_t seed, double std, double out_std) override;
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
@@ -53,11 +62,18 @@ class MoeLayer : public ChannelMixer {
   void reset_step_load() { std::fill(step_load_.begin(), step_load_.end(), 0.0); }
   Router& router() { return router_; }
   const DispatchPlan& plan() const { return plan_; }
-  int64_t num_experts() const { return static_cast<int64_t>(experts_.size()); }
+  // Every expert of the layer (all EP ranks together).
+  int64_t num_experts() const { return cfg_.num_experts(); }
+  // The experts this rank holds: global indices [first_local_expert, + num_local_experts).
+  int64_t num_local_experts() const { return static_cast<int64_t>(experts_.size()); }
+  int64_t first_local_expert() const { return first_local_; }
 
  private:
-  Tensor experts_forward(const Tensor& rows);
-  Tensor experts_backward(const Tensor& drows);
+  // Runs local expert l on rows [offset_l, offset_l + counts[l]) (counts: one per local expert).
+  Tensor experts_forward(const Tensor& rows, const std::vector<int64_t>& counts);
+  Tensor experts_backward(const Tensor& drows, const std::vector<int64_t>& counts);
+  // Rows per local expert of the current plan (no EP group: the plan's own blocks).
+  std::vector<int64_t> local_counts() const;
 
   config::MoeConfig cfg_;
   int64_t hidden_;
@@ -66,10 +82,12 @@ class MoeLayer : public ChannelMixer {
   std::vector<std::unique_ptr<SwiGLUMLP>> experts_;
   std::unique_ptr<SwiGLUMLP> shared_;
   std::unique_ptr<Linear> shared_gate_;
+  std::unique_ptr<parallel::ExpertDispatcher> dispatcher_;  // null without an EP group
+  int64_t first_local_ = 0;
   double aux_grad_scale_ = 1.0;
 
   DispatchPlan plan_;
-  Tensor expert_out_;                      // [rows, D], for the combine backward
+  Tensor expert_out_;                      // [rows, D] in plan order, for the combine backward
   Tensor shared_out_;                      // [N, D], with the shared gate
   std::vector<double> shared_gate_value_;  // [N] sigmoid gate
   MoeStats stats_;
