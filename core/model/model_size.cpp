@@ -223,6 +223,8 @@ ModelSize count_model_size(const config::Config& cfg) {
   s.total_without_embedding = s.total - s.embedding;
   s.active = s.embedding + s.lm_head + s.final_norm + layers_active;
   s.active_without_embedding = s.active - s.embedding;
+  s.total_non_embedding = s.total_without_embedding - s.lm_head;
+  s.active_non_embedding = s.active_without_embedding - s.lm_head;
   // The LM head multiplies every token's final hidden state whether or not it is tied.
   s.matmul_parameters =
       s.active_without_embedding - s.final_norm - layer_norms + (s.tied ? V * D : 0);
@@ -255,7 +257,9 @@ std::string model_size_table(const ModelSize& s) {
   o << "parameters\n";
   row("input embedding [V, D]", s.embedding);
   if (s.tied) {
-    o << "  LM head                                      tied: shares the input embedding\n";
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "  %-44s %16s\n", "LM head", "tied: the input embedding");
+    o << buf;
   } else {
     row("LM head [V, D]", s.lm_head);
   }
@@ -287,14 +291,20 @@ std::string model_size_table(const ModelSize& s) {
     row("  layer total / active", l.total(), "  / " + with_commas(l.active()));
   }
   o << "\n";
-  row("TOTAL parameters, with input embedding", s.total);
+  row("TOTAL parameters, all", s.total);
   row("TOTAL parameters, without input embedding", s.total_without_embedding);
-  row("ACTIVE parameters/token, with input embedding", s.active);
+  row("TOTAL parameters, non-embedding", s.total_non_embedding);
+  row("ACTIVE parameters/token, all", s.active);
   row("ACTIVE parameters/token, without input emb.", s.active_without_embedding);
-  o << "  ("
-    << (s.tied ? "tied: without the input embedding no [V, D] matrix is counted"
-               : "untied: 'without input embedding' still counts the LM head")
-    << ")\n\n";
+  row("ACTIVE parameters/token, non-embedding", s.active_non_embedding);
+  if (s.tied) {
+    o << "  (all: with the embedding, which is also the tied LM head; without input emb. and\n"
+         "   non-embedding: no [V, D] matrix)\n\n";
+  } else {
+    o << "  (all: with the input embedding and the untied LM head; without input emb.: less the\n"
+         "   [V, D] input embedding, the LM head still in; non-embedding: neither [V, D] "
+         "matrix)\n\n";
+  }
 
   o << "training FLOPs per token at seq_len " << s.seq_len
     << " (forward + backward = 3 x forward)\n";
@@ -365,6 +375,8 @@ std::string model_size_json(const ModelSize& s) {
   j["total_without_embedding"] = s.total_without_embedding;
   j["active"] = s.active;
   j["active_without_embedding"] = s.active_without_embedding;
+  j["total_non_embedding"] = s.total_non_embedding;
+  j["active_non_embedding"] = s.active_non_embedding;
   j["matmul_parameters"] = s.matmul_parameters;
   j["train_flops_matmul"] = s.train_flops_matmul;
   j["train_flops_sequence"] = s.train_flops_sequence;

@@ -10,7 +10,9 @@
 //   total        = every parameter once (a tied LM head is the embedding, counted once)
 //   active       = total - sum over MoE layers of (num_experts - top_k) * routed expert size
 //                  (what one token's forward touches: router, top_k routed experts, shared experts)
-//   "without embedding" drops the input embedding [V, D] (an untied LM head stays in).
+//   "without input embedding" drops the input embedding [V, D] (an untied LM head stays in);
+//   "non-embedding" drops the LM head too (the convention of the Linear-MoE names A0.3B-2B:
+//   the active count is non-embedding, the total counts everything).
 //   train FLOPs per token = 3 * forward = 6 * matmul parameters + 3 * sequence-dependent mixer
 //   terms.
 #pragma once
@@ -55,8 +57,8 @@ struct ModelSize {
   std::vector<LayerSize> layers;
   int64_t seq_len = 0;
 
-  int64_t total = 0, total_without_embedding = 0;
-  int64_t active = 0, active_without_embedding = 0;
+  int64_t total = 0, total_without_embedding = 0, total_non_embedding = 0;
+  int64_t active = 0, active_without_embedding = 0, active_non_embedding = 0;
   // Parameters one token multiplies by (active, less the embedding lookup and the norm scales,
   // plus the LM head matrix even when tied): 2 FLOPs each forward.
   int64_t matmul_parameters = 0;

@@ -47,6 +47,8 @@ TEST(ModelSize, TotalEqualsTheBuiltModelForEveryTinyConfig) {
     EXPECT_EQ(s.total, model.num_parameters());
     EXPECT_EQ(s.total_without_embedding, s.total - s.embedding);
     EXPECT_EQ(s.active_without_embedding, s.active - s.embedding);
+    EXPECT_EQ(s.total_non_embedding, s.total - s.embedding - s.lm_head);
+    EXPECT_EQ(s.active_non_embedding, s.active - s.embedding - s.lm_head);
     if (has_moe(cfg)) {
       EXPECT_LT(s.active, s.total);
     } else {
@@ -65,6 +67,8 @@ TEST(ModelSize, UntiedHeadCountsOnceMore) {
     const int64_t VD = 257 * 64;
     EXPECT_EQ(b.total, a.total + VD);
     EXPECT_EQ(b.active, a.active + VD);
+    EXPECT_EQ(b.active_without_embedding, a.active_without_embedding + VD);
+    EXPECT_EQ(b.active_non_embedding, a.active_non_embedding);
     EXPECT_EQ(b.total, Model(untied, DType::kF32).num_parameters());
     // The LM head's matmul is counted either way.
     EXPECT_EQ(b.matmul_parameters, a.matmul_parameters);
