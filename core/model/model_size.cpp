@@ -46,25 +46,28 @@ double state_flops(double C, double heads, double dk, double dv) {
   return 4 * heads * dk * dv + C * heads * (dk + dv);
 }
 
-std::string fmt(const char* f, double a, double b, double c) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, f, a, b, c);
+// printf into a std::string (no std::format in GCC 12).
+template <typename... Args>
+std::string fmt(const char* format, Args... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, format, args...);
   return buf;
 }
 
-// Builds the layer's token mixer, counts its parameters, and runs one probe forward of one chunk on
-// a single sequence to read the shapes of its states (final_states [1, H, dk, dv]).
+// Builds layer `layer`'s token mixer alone and counts its parameters. With `states` (L layers whose
+// mixer settings were not probed yet), also runs one probe forward of one chunk of a single zero
+// sequence and records the shapes of its final states [1, H, dk, dv].
 struct MixerProbe {
   int64_t parameters = 0;
   std::vector<Shape> states;
 };
 
-MixerProbe probe_mixer(const config::Config& cfg, int layer, bool linear, int64_t chunk) {
+MixerProbe probe_mixer(const config::Config& cfg, int layer, int64_t chunk, bool states) {
   std::unique_ptr<TokenMixer> mixer =
       make_token_mixer(cfg, layer, "layers." + std::to_string(layer) + ".mixer", DType::kF32);
   MixerProbe p;
   p.parameters = sum_parameters(*mixer);
-  if (!linear || mixer->num_states() == 0) return p;
+  if (!states || mixer->num_states() == 0) return p;
   mixer->init(/*seed=*/1, /*std=*/0.02, /*out_std=*/0.02);
   Tensor x = Tensor::zeros({1, chunk, cfg.model().hidden_size()}, DType::kF32);
   SegmentOut out;
@@ -74,14 +77,14 @@ MixerProbe probe_mixer(const config::Config& cfg, int layer, bool linear, int64_
 }
 
 // Sequence-dependent forward FLOPs per token of an L layer from its states; notes the shapes.
-double linear_mixer_flops(const config::Config& cfg, const MC& m, const MixerProbe& probe, double T,
-                          std::string* note) {
+double linear_mixer_flops(const config::Config& cfg, const MC& m, const std::vector<Shape>& states,
+                          double T, std::string* note) {
   const double C = std::min<double>(m.chunk_size(), T);
   double flops = 0;
   std::ostringstream shapes;
-  const int n = static_cast<int>(probe.states.size());
+  const int n = static_cast<int>(states.size());
   for (int i = 0; i < n; ++i) {
-    const Shape& s = probe.states[i];
+    const Shape& s = states[i];
     LINEA_CHECK(s.size() == 4) << "mixer state of rank " << s.size();
     double weight = 1;
     // MoM: a token updates and reads only the memory_top_k memories routed to it (plus the shared
@@ -92,7 +95,7 @@ double linear_mixer_flops(const config::Config& cfg, const MC& m, const MixerPro
     if (i > 0) shapes << " + ";
     shapes << s[1] << "x[" << s[2] << "x" << s[3] << "]";
   }
-  *note = "states " + shapes.str() + fmt(", chunk C=%.0f", C, 0, 0);
+  *note = "states " + shapes.str() + fmt(", chunk C=%.0f", C);
   if (m.kind() == MC::MOM)
     *note += ", " + std::to_string(m.memory_top_k()) + " of " + std::to_string(m.num_memories()) +
              " memories per token";
@@ -101,19 +104,21 @@ double linear_mixer_flops(const config::Config& cfg, const MC& m, const MixerPro
     const double dk = m.head_dim() > 0 ? m.head_dim() : cfg.model().hidden_size() / m.num_heads();
     const double dv = m.value_dim() > 0 ? m.value_dim() : dk;
     flops += attention_flops(T, m.window_size(), m.num_heads(), dk, dv);
-    *note += fmt(" + window %.0f softmax branch", m.window_size(), 0, 0);
+    *note += fmt(" + window %d softmax branch", m.window_size());
   }
   return flops;
 }
 
 std::string human(double n) {
   const double a = n < 0 ? -n : n;
-  if (a >= 1e12) return fmt("%.2fT", n / 1e12, 0, 0);
-  if (a >= 1e9) return fmt("%.3fB", n / 1e9, 0, 0);
-  if (a >= 1e6) return fmt("%.2fM", n / 1e6, 0, 0);
-  if (a >= 1e3) return fmt("%.1fK", n / 1e3, 0, 0);
-  return fmt("%.0f", n, 0, 0);
+  if (a >= 1e12) return fmt("%.2fT", n / 1e12);
+  if (a >= 1e9) return fmt("%.3fB", n / 1e9);
+  if (a >= 1e6) return fmt("%.2fM", n / 1e6);
+  if (a >= 1e3) return fmt("%.1fK", n / 1e3);
+  return fmt("%.0f", n);
 }
+
+std::string gflop(double flops) { return fmt("%.3f GFLOP", flops / 1e9); }
 
 std::string with_commas(int64_t n) {
   std::string s = std::to_string(n < 0 ? -n : n);
@@ -164,8 +169,9 @@ ModelSize count_model_size(const config::Config& cfg) {
   s.final_norm = D;
   s.seq_len = cfg.data().seq_len();
 
-  // Layers with the same mixer settings share one probe (overrides make them differ).
-  std::map<std::string, MixerProbe> probes;
+  // Every layer's mixer is built (alone) for its count; the state shapes are probed once per
+  // distinct mixer setting (overrides make layers differ).
+  std::map<std::string, std::vector<Shape>> state_shapes;
   for (int i = 0; i < m.num_layers(); ++i) {
     LayerSize l;
     l.layer = i;
@@ -174,14 +180,11 @@ ModelSize count_model_size(const config::Config& cfg) {
     const bool linear = pattern[i] == 'L';
     const MC mix = mixer_config_for_layer(cfg, i);
     l.mixer_kind = linear ? MC::Kind_Name(mix.kind()) : "SOFTMAX_ATTENTION";
-    const std::string key = linear ? "L" + mix.SerializeAsString() : "N";
-    auto it = probes.find(key);
-    if (it == probes.end())
-      it = probes
-               .emplace(key,
-                        probe_mixer(cfg, i, linear, std::min<int64_t>(mix.chunk_size(), s.seq_len)))
-               .first;
-    const MixerProbe& probe = it->second;
+    const std::string key = mix.SerializeAsString();
+    const bool probe_states = linear && !state_shapes.count(key);
+    const MixerProbe probe =
+        probe_mixer(cfg, i, std::min<int64_t>(mix.chunk_size(), s.seq_len), probe_states);
+    if (probe_states) state_shapes[key] = probe.states;
     l.token_mixer = probe.parameters;
     l.norms = 2 * D;
 
@@ -200,13 +203,14 @@ ModelSize count_model_size(const config::Config& cfg) {
     }
 
     if (linear) {
-      l.mixer_sequence_flops = linear_mixer_flops(cfg, mix, probe, T, &l.mixer_flops_note);
+      l.mixer_sequence_flops =
+          linear_mixer_flops(cfg, mix, state_shapes.at(key), T, &l.mixer_flops_note);
     } else {
       const config::AttentionConfig& a = m.attention();
       const double d = a.head_dim() > 0 ? a.head_dim() : double(D) / a.num_heads();
       l.mixer_sequence_flops = attention_flops(T, a.window_size(), a.num_heads(), d, d);
-      l.mixer_flops_note = fmt("causal softmax, %.0f heads of %.0f, mean context %.0f",
-                               a.num_heads(), d, mean_context(T, a.window_size()));
+      l.mixer_flops_note = fmt("causal softmax, %d heads of %.0f, mean context %g", a.num_heads(),
+                               d, mean_context(T, a.window_size()));
     }
     s.layers.push_back(l);
   }
@@ -237,10 +241,8 @@ ModelSize count_model_size(const config::Config& cfg) {
 std::string model_size_table(const ModelSize& s) {
   std::ostringstream o;
   auto row = [&](const std::string& name, int64_t n, const std::string& extra = "") {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "  %-44s %16s  %9s%s\n", name.c_str(), with_commas(n).c_str(),
-                  human(double(n)).c_str(), extra.c_str());
-    o << buf;
+    o << fmt("  %-44s %16s  %9s", name.c_str(), with_commas(n).c_str(), human(double(n)).c_str())
+      << extra << "\n";
   };
   std::string pattern, moe_pattern;
   for (const LayerSize& l : s.layers) {
@@ -257,9 +259,7 @@ std::string model_size_table(const ModelSize& s) {
   o << "parameters\n";
   row("input embedding [V, D]", s.embedding);
   if (s.tied) {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "  %-44s %16s\n", "LM head", "tied: the input embedding");
-    o << buf;
+    o << fmt("  %-44s %16s\n", "LM head", "tied: the input embedding");
   } else {
     row("LM head [V, D]", s.lm_head);
   }
@@ -308,23 +308,18 @@ std::string model_size_table(const ModelSize& s) {
 
   o << "training FLOPs per token at seq_len " << s.seq_len
     << " (forward + backward = 3 x forward)\n";
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "  %-44s %16.4e  %9s\n", "6 x matmul parameters",
-                s.train_flops_matmul, human(s.train_flops_matmul).c_str());
+  auto flop_row = [&](const char* name, double flops) {
+    o << fmt("  %-44s %16.4e  %s\n", name, flops, gflop(flops).c_str());
+  };
   o << "  matmul parameters = " << with_commas(s.matmul_parameters) << " ("
-    << human(double(s.matmul_parameters)) << ")\n"
-    << buf;
-  std::snprintf(buf, sizeof buf, "  %-44s %16.4e  %9s\n", "3 x sequence-dependent mixer terms",
-                s.train_flops_sequence, human(s.train_flops_sequence).c_str());
-  o << buf;
-  std::snprintf(buf, sizeof buf, "  %-44s %16.4e  %9s\n", "TRAINING FLOPs per token", s.train_flops,
-                human(s.train_flops).c_str());
-  o << buf;
+    << human(double(s.matmul_parameters)) << ")\n";
+  flop_row("6 x matmul parameters", s.train_flops_matmul);
+  flop_row("3 x sequence-dependent mixer terms", s.train_flops_sequence);
+  flop_row("TRAINING FLOPs per token", s.train_flops);
   for (const std::string& k : order) {
     const LayerSize& l = s.layers[groups[k].front()];
-    std::snprintf(buf, sizeof buf, "    layers %s: %.4e forward FLOPs/token (%s)\n",
-                  ranges(groups[k]).c_str(), l.mixer_sequence_flops, l.mixer_flops_note.c_str());
-    o << buf;
+    o << "    " << (groups[k].size() > 1 ? "layers " : "layer ") << ranges(groups[k])
+      << fmt(": %.4e forward FLOPs/token (", l.mixer_sequence_flops) << l.mixer_flops_note << ")\n";
   }
   o << "\nassumptions (docs/model_size.md)\n"
        "  - active = router + top_k routed experts + shared experts of each MoE layer, plus every\n"
