@@ -54,13 +54,14 @@ std::string fmt(const char* format, Args... args) {
   return buf;
 }
 
-// Builds layer `layer`'s token mixer alone and counts its parameters. With `states` (L layers whose
-// mixer settings were not probed yet), also runs one probe forward of one chunk of a single zero
-// sequence and records the shapes of its final states [1, H, dk, dv].
 struct MixerProbe {
   int64_t parameters = 0;
-  std::vector<Shape> states;
+  std::vector<Shape> states;  // [1, H, dk, dv] each
 };
+
+// Builds layer `layer`'s token mixer alone and counts its parameters. With `states` (L layers whose
+// mixer settings were not probed yet), also runs one probe forward of one chunk of a single zero
+// sequence and records the shapes of its final states: exact for every kind's widths rules.
 
 MixerProbe probe_mixer(const config::Config& cfg, int layer, int64_t chunk, bool states) {
   std::unique_ptr<TokenMixer> mixer =
@@ -120,10 +121,15 @@ std::string human(double n) {
 
 std::string gflop(double flops) { return fmt("%.3f GFLOP", flops / 1e9); }
 
+// 1234567 -> "1,234,567" (counts are never negative).
 std::string with_commas(int64_t n) {
-  std::string s = std::to_string(n < 0 ? -n : n);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(i, ",");
-  return n < 0 ? "-" + s : s;
+  const std::string digits = std::to_string(n);
+  std::string s;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) s += ',';
+    s += digits[i];
+  }
+  return s;
 }
 
 // "0-2,4-6,8" for a sorted list of layer indices.
@@ -134,7 +140,10 @@ std::string ranges(const std::vector<int>& v) {
     while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
     if (!out.empty()) out += ",";
     out += std::to_string(v[i]);
-    if (j > i) out += (j == i + 1 ? "," : "-") + std::to_string(v[j]);
+    if (j > i) {
+      out += j == i + 1 ? ',' : '-';
+      out += std::to_string(v[j]);
+    }
     i = j + 1;
   }
   return out;
