@@ -59,6 +59,40 @@ TEST(ModelSize, TotalEqualsTheBuiltModelForEveryTinyConfig) {
   }
 }
 
+// Dense and MoE layers mixed, shared-expert gate, per-layer mixer overrides, qk-norm, untied head.
+TEST(ModelSize, VariantsEqualTheBuiltModel) {
+  const std::string moe = source_path("configs/moe_tiny.pbtxt");
+  std::vector<config::Config> variants = {
+      load_config({moe}, {"model.channel_mixer.moe_every=2"}),
+      load_config({moe}, {"model.channel_mixer.moe.shared_expert_gate=true",
+                          "model.attention.qk_norm=true", "model.tie_embeddings=false"}),
+      load_config({moe}, {"model.channel_mixer.moe.num_shared_experts=0",
+                          "model.channel_mixer.moe.top_k=4"}),
+  };
+  config::Config overridden = load_config({source_path("configs/hybrid_tiny.pbtxt")}, {});
+  auto* o = overridden.mutable_model()->add_mixer_overrides();
+  o->set_layer(1);
+  o->mutable_mixer()->set_kind(config::MixerConfig::GATED_DELTANET);
+  variants.push_back(overridden);
+  for (const config::Config& cfg : variants) {
+    SCOPED_TRACE(cfg.model().ShortDebugString());
+    const ModelSize s = count_model_size(cfg);
+    EXPECT_EQ(s.total, Model(cfg, DType::kF32).num_parameters());
+  }
+  // moe_every = 2: layers 1 and 3 are MoE, 0 and 2 dense.
+  const ModelSize every2 = count_model_size(variants[0]);
+  EXPECT_GT(every2.layers[0].dense_mlp, 0);
+  EXPECT_EQ(every2.layers[1].dense_mlp, 0);
+  EXPECT_GT(every2.layers[1].router, 0);
+  // top_k = num_experts and no shared experts: every routed expert is active.
+  const ModelSize all_active = count_model_size(variants[2]);
+  EXPECT_EQ(all_active.active, all_active.total);
+  // The overridden layer has its own mixer count.
+  const ModelSize over = count_model_size(overridden);
+  EXPECT_EQ(over.layers[1].mixer_kind, "GATED_DELTANET");
+  EXPECT_NE(over.layers[1].token_mixer, over.layers[0].token_mixer);
+}
+
 TEST(ModelSize, UntiedHeadCountsOnceMore) {
   for (const char* rel : {"configs/tiny.pbtxt", "configs/moe_tiny.pbtxt"}) {
     const config::Config tied = load_config({source_path(rel)}, {});
