@@ -3,6 +3,7 @@
 //   linea validate-config [--config FILE ...] [--set ...] [--world-size N]
 //   linea prepare-data --output FILE [--separator S] TEXT_FILE ...
 //   linea info mixers                                            every supported token mixer
+//   linea info model [--config FILE ...] [--set ...] [--json]    parameter counts, FLOPs/token
 //   linea --version
 // Errors a user can cause print one "error:" paragraph (with a hint line) and exit 1.
 
@@ -14,6 +15,7 @@
 #include "core/config/config.h"                 // load, merge, override, validate
 #include "core/data/prepare.h"                  // text -> token shard
 #include "core/logging/log.h"                   // rank-aware logs
+#include "core/model/model_size.h"              // `linea info model`: parameters, FLOPs
 #include "core/modules/mixers/mixer_catalog.h"  // `linea info mixers`
 #include "core/trainer/trainer.h"               // the training loop
 #include "parallel/launch_env.h"                // rank, local rank, host
@@ -85,6 +87,12 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "describe what this build supports");
   info->require_subcommand(1);
   auto* info_mixers = info->add_subcommand("mixers", "every token mixer, one per line");
+  ConfigArgs model_args;
+  bool model_json = false;
+  auto* info_model = info->add_subcommand(
+      "model", "parameter counts (total, active per token) and training FLOPs per token");
+  model_args.add_to(info_model);
+  info_model->add_flag("--json", model_json, "print the counts as JSON");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -99,6 +107,12 @@ int main(int argc, char** argv) {
     if (info_mixers->parsed()) {
       for (const auto& m : linea::mixer_catalog())
         std::cout << m.config << "  |  " << m.transition << "  |  " << m.paper << "\n";
+      return 0;
+    }
+    if (info_model->parsed()) {
+      const linea::config::Config cfg = linea::load_config(model_args.files, model_args.sets);
+      const linea::ModelSize size = linea::count_model_size(cfg);
+      std::cout << (model_json ? linea::model_size_json(size) : linea::model_size_table(size));
       return 0;
     }
     if (prepare->parsed()) {
