@@ -1,15 +1,25 @@
 // The chunked causal scan (contract in kernels/cuda/chunk_scan.h).
 //
-// One thread block of 4 warps per (batch, head, 64-wide slice of Dv); it walks the chunks in order
-// (or in reverse). Warp w owns rows [16 w, 16 w + 16) of the chunk for the scores and the output,
-// and rows [16 R w, 16 R (w + 1)) of the state (R = Dqk / 64 tile rows), whose f32 accumulator
-// fragments stay in registers for the whole sequence. Per chunk:
-//   1. load q, k [C, Dqk] and v' [C, 64] into shared memory (bf16, zero rows past T);
+// One thread block of 4 warps per (batch, head, 64-wide slice of Dv, segment); it walks the chunks
+// of its segment in order (or in reverse). Warp w owns rows [16 w, 16 w + 16) of the chunk for the
+// scores and the output, and rows [16 R w, 16 R (w + 1)) of the state (R = Dqk / 64 tile rows),
+// whose f32 accumulator fragments stay in registers for the whole segment. Per chunk:
+//   1. wait for q, k, v of this chunk (cp.async, issued one chunk ahead into a second buffer;
+//      rows past T zero-filled) and start the next chunk's copies;
 //   2. scores A = mask(q k^T) for the warp's rows (only the tiles the mask keeps), to bf16;
-//   3. out = out_scale * (q S_bf16 + A v'), staged through shared memory to global;
-//   4. S += k^T v' in registers, then S_bf16 refreshed for the next chunk.
+//   3. out = out_scale' * (q S_bf16 + A v), staged through shared memory to global;
+//   4. S += k^T v in registers, then S_bf16 refreshed for the next chunk.
+// v_scale is folded out: the kernel carries S~ = S / v_scale (the initial state is divided on
+// load, the final state multiplied on store) and out_scale' = out_scale * v_scale, so v enters
+// the tensor cores unscaled.
+//
+// With several segments, a state pass (the same kernel, kStateOnly: no q, no outputs) writes each
+// segment's sum of k^T v into the workspace, prefix_kernel turns those into every segment's
+// incoming state (S0 / v_scale + the segments before it, in scan order), and the full pass reads
+// its incoming state from there. The final state comes from the segment scanned last.
 #include <mma.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/util/check.h"
@@ -36,53 +46,84 @@ using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
 using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
+enum Mode { kFull, kStateOnly };
+
 template <int Dqk>
 struct Smem {
   static constexpr int kLdQ = Dqk + kPad;
+  // One stage of the double buffer: q, k [C, Dqk] and v [C, 64].
   static constexpr size_t q = 0;
   static constexpr size_t k = q + sizeof(bf16) * kC * kLdQ;
   static constexpr size_t v = k + sizeof(bf16) * kC * kLdQ;
-  static constexpr size_t a = v + sizeof(bf16) * kC * kLdV;
+  static constexpr size_t stage = v + sizeof(bf16) * kC * kLdV;
+  static constexpr size_t a = 2 * stage;
   static constexpr size_t s = a + sizeof(bf16) * kC * kLdA;
   static constexpr size_t f = s + sizeof(bf16) * Dqk * kLdV;
   static constexpr size_t bytes = f + sizeof(float) * kWarps * 16 * kLdF;
 };
 
-// rows x width bf16 from global (row stride `stride` elements) into shared (ld), 16 bytes per
-// access, rows >= valid zero-filled; each element times `scale` when scale != 1.
+// 16 bytes global -> shared without registers; src_bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::);
+}
+
+// Starts copying kC rows x Width bf16 (row stride `stride` elements) into shared (ld); rows >=
+// valid become zeros.
 template <int Width>
-__device__ void load_rows(bf16* dst, int ld, const bf16* src, int64_t stride, int valid,
-                          float scale) {
+__device__ __forceinline__ void start_rows(bf16* dst, int ld, const bf16* src, int64_t stride,
+                                           int valid) {
   constexpr int kVecPerRow = Width / 8;
-  for (int i = threadIdx.x; i < kC * kVecPerRow; i += blockDim.x) {
-    const int r = i / kVecPerRow, c = (i % kVecPerRow) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < valid) val = *reinterpret_cast<const uint4*>(src + r * stride + c);
-    if (scale != 1.0f) {
-      bf16* e = reinterpret_cast<bf16*>(&val);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = __float2bfloat16(__bfloat162float(e[j]) * scale);
-    }
-    *reinterpret_cast<uint4*>(dst + r * ld + c) = val;
+  for (int i = threadIdx.x; i < kC * kVecPerRow; i += kWarps * 32) {
+    const int r = i / kVecPerRow, c = (i % kVecPerRow) * 8;
+    const bool ok = r < valid;
+    cp_async16(dst + r * ld + c, ok ? src + r * stride + c : src, ok);
   }
 }
 
-template <int Dqk, bool OutF32>
-__global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a) {
+// 16 x 64 f32 (ld kLdF) -> bf16 (ld) by one warp, 4 elements per lane and step; keep(r, c) may
+// zero elements.
+template <typename Keep>
+__device__ __forceinline__ void rows_to_bf16(const float* src, bf16* dst, int ld, int lane,
+                                             Keep keep) {
+#pragma unroll
+  for (int e = lane; e < 16 * 64 / 4; e += 32) {
+    const int r = e / 16, c = (e % 16) * 4;
+    float4 x = *reinterpret_cast<const float4*>(src + r * kLdF + c);
+    if (!keep(r, c + 0)) x.x = 0.0f;
+    if (!keep(r, c + 1)) x.y = 0.0f;
+    if (!keep(r, c + 2)) x.z = 0.0f;
+    if (!keep(r, c + 3)) x.w = 0.0f;
+    __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(dst + r * ld + c) = packed;
+  }
+}
+
+template <int Dqk, bool OutF32, Mode M>
+__global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a, int seg_chunks) {
   using L = Smem<Dqk>;
   constexpr int kLdQ = L::kLdQ;
   constexpr int kR = Dqk / 16 / kWarps;  // state tile rows per warp
   constexpr int kKq = Dqk / 16;          // k-steps over Dqk
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* sQ = reinterpret_cast<bf16*>(smem + L::q);
-  bf16* sK = reinterpret_cast<bf16*>(smem + L::k);
-  bf16* sV = reinterpret_cast<bf16*>(smem + L::v);
   bf16* sA = reinterpret_cast<bf16*>(smem + L::a);
   bf16* sS = reinterpret_cast<bf16*>(smem + L::s);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* sF = reinterpret_cast<float*>(smem + L::f) + warp * 16 * kLdF;
+  auto stage_q = [&](int st) { return reinterpret_cast<bf16*>(smem + st * L::stage + L::q); };
+  auto stage_k = [&](int st) { return reinterpret_cast<bf16*>(smem + st * L::stage + L::k); };
+  auto stage_v = [&](int st) { return reinterpret_cast<bf16*>(smem + st * L::stage + L::v); };
 
-  const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+  const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, seg = blockIdx.z, nseg = gridDim.z;
   const int dv0 = blockIdx.x * kDvT;
   const int64_t qk_stride = int64_t(a.H) * Dqk, v_stride = int64_t(a.H) * a.Dv;
   const bf16* q = a.q + int64_t(b) * a.T * qk_stride + int64_t(h) * Dqk;
@@ -90,26 +131,36 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
   const bf16* v = a.v + int64_t(b) * a.T * v_stride + int64_t(h) * a.Dv + dv0;
   const int64_t out_off = int64_t(b) * a.T * v_stride + int64_t(h) * a.Dv + dv0;
   const int64_t state_off = int64_t(bh) * Dqk * a.Dv;
+  const int64_t seg_off = (int64_t(bh) * nseg + seg) * Dqk * a.Dv;  // workspace [B H][seg]
+  const float inv_vs = 1.0f / a.v_scale, out_scale = a.out_scale * a.v_scale;
 
-  // The state: warp w holds tile rows [kR w, kR (w + 1)) x the 4 tile columns of the slice.
+  // The state (S~ = S / v_scale): warp w holds tile rows [kR w, kR (w + 1)) x 4 tile columns.
   FragC S[kR][4];
 #pragma unroll
   for (int i = 0; i < kR; ++i) {
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
       const int r0 = (kR * warp + i) * 16, c0 = dv0 + n * 16;
-      if (!a.initial_state) {
+      if (M == kStateOnly) {
         wmma::fill_fragment(S[i][n], 0.0f);
-      } else if (a.initial_transposed) {
-        wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(c0) * Dqk + r0, Dqk,
-                               wmma::mem_col_major);
-      } else {
-        wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(r0) * a.Dv + c0, a.Dv,
+      } else if (nseg > 1) {  // from the prefix over segments, already in S~ units
+        wmma::load_matrix_sync(S[i][n], a.workspace + seg_off + int64_t(r0) * a.Dv + c0, a.Dv,
                                wmma::mem_row_major);
+      } else if (!a.initial_state) {
+        wmma::fill_fragment(S[i][n], 0.0f);
+      } else {
+        if (a.initial_transposed)
+          wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(c0) * Dqk + r0, Dqk,
+                                 wmma::mem_col_major);
+        else
+          wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(r0) * a.Dv + c0,
+                                 a.Dv, wmma::mem_row_major);
+#pragma unroll
+        for (int e = 0; e < S[i][n].num_elements; ++e) S[i][n].x[e] *= inv_vs;
       }
     }
   }
-  // S in bf16 for the q S products: staged per tile row through the warp's f32 buffer.
+  // S~ in bf16 for the q S products: staged per tile row through the warp's f32 buffer.
   auto publish_state = [&]() {
 #pragma unroll
     for (int i = 0; i < kR; ++i) {
@@ -117,100 +168,112 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
       for (int n = 0; n < 4; ++n)
         wmma::store_matrix_sync(sF + n * 16, S[i][n], kLdF, wmma::mem_row_major);
       __syncwarp();
-      const int r0 = (kR * warp + i) * 16;
-      for (int e = lane; e < 16 * kDvT; e += 32) {
-        const int r = e / kDvT, c = e % kDvT;
-        sS[(r0 + r) * kLdV + c] = __float2bfloat16(sF[r * kLdF + c]);
-      }
+      rows_to_bf16(sF, sS + (kR * warp + i) * 16 * kLdV, kLdV, lane, [](int, int) { return true; });
       __syncwarp();
     }
   };
-  publish_state();
+  if (M == kFull) publish_state();
 
   const int chunks = (a.T + kC - 1) / kC;
-  for (int step = 0; step < chunks; ++step) {
-    const int c = a.reverse ? chunks - 1 - step : step;
-    const int t0 = c * kC, valid = min(kC, a.T - t0);
-    __syncthreads();  // the previous chunk's readers of sQ/sK/sV are done
-    load_rows<Dqk>(sQ, kLdQ, q + t0 * qk_stride, qk_stride, valid, 1.0f);
-    load_rows<Dqk>(sK, kLdQ, k + t0 * qk_stride, qk_stride, valid, 1.0f);
-    load_rows<kDvT>(sV, kLdV, v + t0 * v_stride, v_stride, valid, a.v_scale);
-    __syncthreads();  // chunk and (from publish_state) S_bf16 visible to every warp
+  const int c_begin = seg * seg_chunks, c_end = min(chunks, c_begin + seg_chunks);
+  const int n_steps = max(0, c_end - c_begin);
+  auto chunk_of = [&](int step) { return a.reverse ? c_end - 1 - step : c_begin + step; };
+  auto start_chunk = [&](int step, int st) {
+    if (step < n_steps) {
+      const int t0 = chunk_of(step) * kC, valid = min(kC, a.T - t0);
+      if (M == kFull) start_rows<Dqk>(stage_q(st), kLdQ, q + t0 * qk_stride, qk_stride, valid);
+      start_rows<Dqk>(stage_k(st), kLdQ, k + t0 * qk_stride, qk_stride, valid);
+      start_rows<kDvT>(stage_v(st), kLdV, v + t0 * v_stride, v_stride, valid);
+    }
+    cp_async_commit();  // an empty group past the end keeps the wait count uniform
+  };
+  start_chunk(0, 0);
 
-    // 2. scores of the warp's 16 rows against the key tiles the mask keeps
-    const int j_lo = a.reverse ? warp : 0, j_hi = a.reverse ? kWarps - 1 : warp;
-    for (int j = j_lo; j <= j_hi; ++j) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
+  for (int step = 0; step < n_steps; ++step) {
+    const int st = step & 1;
+    const int t0 = chunk_of(step) * kC, valid = min(kC, a.T - t0);
+    // The other stage was last read in the previous step: everyone must be done with it.
+    __syncthreads();
+    start_chunk(step + 1, st ^ 1);
+    cp_async_wait_all_but_one();
+    __syncthreads();  // this chunk (and S~_bf16 from publish_state) visible to every warp
+    const bf16 *sQ = stage_q(st), *sK = stage_k(st), *sV = stage_v(st);
+
+    if (M == kFull) {
+      // 2. scores of the warp's 16 rows against the key tiles the mask keeps
+      const int j_lo = a.reverse ? warp : 0, j_hi = a.reverse ? kWarps - 1 : warp;
+      for (int j = j_lo; j <= j_hi; ++j) {
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < kKq; ++kk) {
+          FragA fa;
+          FragBT fb;
+          wmma::load_matrix_sync(fa, sQ + warp * 16 * kLdQ + kk * 16, kLdQ);
+          wmma::load_matrix_sync(fb, sK + j * 16 * kLdQ + kk * 16, kLdQ);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(sF + j * 16, acc, kLdF, wmma::mem_row_major);
+      }
+      __syncwarp();
+      const bool rev = a.reverse;
+      rows_to_bf16(sF, sA + warp * 16 * kLdA, kLdA, lane, [&](int r, int c) {
+        const int t = warp * 16 + r, j = c / 16;
+        return (rev ? c >= t : c <= t) && j >= j_lo && j <= j_hi;
+      });
+      __syncwarp();
+
+      // 3. out rows of this warp: q S~ + A v, scaled
+      FragC o[4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) wmma::fill_fragment(o[n], 0.0f);
 #pragma unroll
       for (int kk = 0; kk < kKq; ++kk) {
         FragA fa;
-        FragBT fb;
         wmma::load_matrix_sync(fa, sQ + warp * 16 * kLdQ + kk * 16, kLdQ);
-        wmma::load_matrix_sync(fb, sK + j * 16 * kLdQ + kk * 16, kLdQ);
-        wmma::mma_sync(acc, fa, fb, acc);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          FragB fb;
+          wmma::load_matrix_sync(fb, sS + kk * 16 * kLdV + n * 16, kLdV);
+          wmma::mma_sync(o[n], fa, fb, o[n]);
+        }
       }
-      wmma::store_matrix_sync(sF + j * 16, acc, kLdF, wmma::mem_row_major);
-    }
-    __syncwarp();
-    for (int e = lane; e < 16 * kC; e += 32) {
-      const int r = e / kC, s = e % kC, t = warp * 16 + r;
-      const int j = s / 16;
-      const bool keep = a.reverse ? (s >= t) : (s <= t);
-      const float x = (keep && j >= j_lo && j <= j_hi) ? sF[r * kLdF + s] : 0.0f;
-      sA[t * kLdA + s] = __float2bfloat16(x);
-    }
-    __syncwarp();
-
-    // 3. out rows of this warp: q S + A v', scaled
-    FragC o[4];
+      for (int j = j_lo; j <= j_hi; ++j) {
+        FragA fa;
+        wmma::load_matrix_sync(fa, sA + warp * 16 * kLdA + j * 16, kLdA);
 #pragma unroll
-    for (int n = 0; n < 4; ++n) wmma::fill_fragment(o[n], 0.0f);
-#pragma unroll
-    for (int kk = 0; kk < kKq; ++kk) {
-      FragA fa;
-      wmma::load_matrix_sync(fa, sQ + warp * 16 * kLdQ + kk * 16, kLdQ);
+        for (int n = 0; n < 4; ++n) {
+          FragB fb;
+          wmma::load_matrix_sync(fb, sV + j * 16 * kLdV + n * 16, kLdV);
+          wmma::mma_sync(o[n], fa, fb, o[n]);
+        }
+      }
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
-        FragB fb;
-        wmma::load_matrix_sync(fb, sS + kk * 16 * kLdV + n * 16, kLdV);
-        wmma::mma_sync(o[n], fa, fb, o[n]);
+#pragma unroll
+        for (int e = 0; e < o[n].num_elements; ++e) o[n].x[e] *= out_scale;
+        wmma::store_matrix_sync(sF + n * 16, o[n], kLdF, wmma::mem_row_major);
       }
-    }
-    for (int j = j_lo; j <= j_hi; ++j) {
-      FragA fa;
-      wmma::load_matrix_sync(fa, sA + warp * 16 * kLdA + j * 16, kLdA);
+      __syncwarp();
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        FragB fb;
-        wmma::load_matrix_sync(fb, sV + j * 16 * kLdV + n * 16, kLdV);
-        wmma::mma_sync(o[n], fa, fb, o[n]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-#pragma unroll
-      for (int e = 0; e < o[n].num_elements; ++e) o[n].x[e] *= a.out_scale;
-      wmma::store_matrix_sync(sF + n * 16, o[n], kLdF, wmma::mem_row_major);
-    }
-    __syncwarp();
-    for (int e = lane; e < 16 * kDvT / 4; e += 32) {
-      const int r = e / (kDvT / 4), c = (e % (kDvT / 4)) * 4, t = warp * 16 + r;
-      if (t >= valid) continue;
-      const float4 x = *reinterpret_cast<const float4*>(sF + r * kLdF + c);
-      const int64_t off = out_off + int64_t(t0 + t) * v_stride + c;
-      if constexpr (OutF32) {
-        *reinterpret_cast<float4*>(static_cast<float*>(a.out) + off) = x;
-      } else {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-        uint2 packed;
-        packed.x = *reinterpret_cast<uint32_t*>(&lo);
-        packed.y = *reinterpret_cast<uint32_t*>(&hi);
-        *reinterpret_cast<uint2*>(static_cast<bf16*>(a.out) + off) = packed;
+      for (int e = lane; e < 16 * kDvT / 4; e += 32) {
+        const int r = e / (kDvT / 4), c = (e % (kDvT / 4)) * 4, t = warp * 16 + r;
+        if (t >= valid) continue;
+        const float4 x = *reinterpret_cast<const float4*>(sF + r * kLdF + c);
+        const int64_t off = out_off + int64_t(t0 + t) * v_stride + c;
+        if constexpr (OutF32) {
+          *reinterpret_cast<float4*>(static_cast<float*>(a.out) + off) = x;
+        } else {
+          __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+          uint2 packed;
+          packed.x = *reinterpret_cast<uint32_t*>(&lo);
+          packed.y = *reinterpret_cast<uint32_t*>(&hi);
+          *reinterpret_cast<uint2*>(static_cast<bf16*>(a.out) + off) = packed;
+        }
       }
     }
 
-    // 4. S += k^T v' (k^T read as a column-major view of sK)
+    // 4. S~ += k^T v (k^T read as a column-major view of sK)
 #pragma unroll
     for (int i = 0; i < kR; ++i) {
       const int r0 = (kR * warp + i) * 16;
@@ -226,16 +289,28 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
         }
       }
     }
-    __syncthreads();  // every warp is done reading the old S_bf16
-    publish_state();
+    if (M == kFull) {
+      __syncthreads();  // every warp is done reading the old S~_bf16
+      publish_state();
+    }
   }
 
-  if (a.final_state) {
+  // The state pass leaves each segment's sum of k^T v in the workspace; the full pass writes
+  // the final state from the segment scanned last.
+  const bool last = a.reverse ? seg == 0 : seg == nseg - 1;
+  if (M == kStateOnly || (a.final_state && last)) {
 #pragma unroll
     for (int i = 0; i < kR; ++i) {
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
         const int r0 = (kR * warp + i) * 16, c0 = dv0 + n * 16;
+        if (M == kStateOnly) {
+          wmma::store_matrix_sync(a.workspace + seg_off + int64_t(r0) * a.Dv + c0, S[i][n], a.Dv,
+                                  wmma::mem_row_major);
+          continue;
+        }
+#pragma unroll
+        for (int e = 0; e < S[i][n].num_elements; ++e) S[i][n].x[e] = S[i][n].x[e] * a.v_scale;
         if (a.final_transposed)
           wmma::store_matrix_sync(a.final_state + state_off + int64_t(c0) * Dqk + r0, S[i][n], Dqk,
                                   wmma::mem_col_major);
@@ -247,23 +322,90 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
   }
 }
 
-template <int Dqk, bool OutF32>
-void launch(const ChunkScanArgs& a, cudaStream_t stream) {
+// Workspace [B H][seg][Dqk][Dv]: each segment's sum of k^T v becomes its incoming state S~ (the
+// initial state / v_scale plus the sums of the segments scanned before it).
+__global__ void prefix_kernel(ChunkScanArgs a, int nseg) {
+  const int64_t per_head = int64_t(a.Dqk) * a.Dv;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(a.B) * a.H * per_head) return;
+  const int64_t bh = i / per_head, e = i % per_head;
+  float acc = 0.0f;
+  if (a.initial_state) {
+    const int64_t r = e / a.Dv, c = e % a.Dv;
+    const float s0 = a.initial_transposed ? a.initial_state[bh * per_head + c * a.Dqk + r]
+                                          : a.initial_state[bh * per_head + e];
+    acc = s0 / a.v_scale;
+  }
+  float* w = a.workspace + bh * nseg * per_head + e;
+  for (int j = 0; j < nseg; ++j) {
+    const int seg = a.reverse ? nseg - 1 - j : j;
+    const float sum = w[seg * per_head];
+    w[seg * per_head] = acc;
+    acc += sum;
+  }
+}
+
+template <int Dqk, bool OutF32, Mode M>
+void launch(const ChunkScanArgs& a, int nseg, int seg_chunks, cudaStream_t stream) {
   constexpr size_t bytes = Smem<Dqk>::bytes;
   static bool configured = false;  // one attribute call per instantiation
   if (!configured) {
     const cudaError_t e = cudaFuncSetAttribute(
-        chunk_scan_kernel<Dqk, OutF32>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        chunk_scan_kernel<Dqk, OutF32, M>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
     LINEA_CHECK(e == cudaSuccess) << "chunk_scan: cudaFuncSetAttribute: " << cudaGetErrorString(e);
     configured = true;
   }
-  const dim3 grid(a.Dv / kDvT, a.B * a.H);
-  chunk_scan_kernel<Dqk, OutF32><<<grid, kWarps * 32, bytes, stream>>>(a);
+  const dim3 grid(a.Dv / kDvT, a.B * a.H, nseg);
+  chunk_scan_kernel<Dqk, OutF32, M><<<grid, kWarps * 32, bytes, stream>>>(a, seg_chunks);
   const cudaError_t e = cudaGetLastError();
   LINEA_CHECK(e == cudaSuccess) << "chunk_scan: launch failed: " << cudaGetErrorString(e);
 }
 
+template <int Dqk, bool OutF32>
+void run(const ChunkScanArgs& a, int nseg, int seg_chunks, cudaStream_t stream) {
+  if (nseg > 1) {
+    launch<Dqk, OutF32, kStateOnly>(a, nseg, seg_chunks, stream);
+    const int64_t n = int64_t(a.B) * a.H * a.Dqk * a.Dv;
+    prefix_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(a, nseg);
+    const cudaError_t e = cudaGetLastError();
+    LINEA_CHECK(e == cudaSuccess) << "chunk_scan: prefix launch failed: " << cudaGetErrorString(e);
+  }
+  launch<Dqk, OutF32, kFull>(a, nseg, seg_chunks, stream);
+}
+
+int sm_count() {
+  static int n = [] {
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 132;
+    return sms;
+  }();
+  return n;
+}
+
 }  // namespace
+
+int chunk_scan_segments(const ChunkScanArgs& a) {
+  const int chunks = (a.T + kC - 1) / kC;
+  if (chunks <= 1) return 1;
+  int nseg = a.segments;
+  if (nseg <= 0) {
+    // About two blocks per multiprocessor (one fits at a time: 130 KB of shared memory), and
+    // segments of at least 4 chunks so that the state pass stays cheap.
+    const int64_t blocks = int64_t(a.Dv / kDvT) * a.B * a.H;
+    const int64_t want = (2 * int64_t(sm_count()) + blocks - 1) / blocks;
+    nseg = static_cast<int>(std::min<int64_t>(want, std::max(1, chunks / 4)));
+  }
+  nseg = std::min(nseg, chunks);
+  const int seg_chunks = (chunks + nseg - 1) / nseg;
+  return (chunks + seg_chunks - 1) / seg_chunks;  // no empty segment
+}
+
+size_t chunk_scan_workspace_bytes(const ChunkScanArgs& a) {
+  const int nseg = chunk_scan_segments(a);
+  return nseg > 1 ? sizeof(float) * size_t(a.B) * a.H * nseg * a.Dqk * a.Dv : 0;
+}
 
 void chunk_scan(const ChunkScanArgs& a, cudaStream_t stream) {
   LINEA_CHECK(a.q && a.k && a.v && a.out) << "chunk_scan: q, k, v and out must be set";
@@ -273,11 +415,19 @@ void chunk_scan(const ChunkScanArgs& a, cudaStream_t stream) {
       << "chunk_scan: Dv = " << a.Dv << " must be a multiple of " << kDvT;
   LINEA_CHECK(a.B > 0 && a.H > 0 && a.T >= 0)
       << "chunk_scan: bad shape B " << a.B << " T " << a.T << " H " << a.H;
-  if (a.T == 0 && !a.final_state) return;
+  LINEA_CHECK(a.v_scale != 0.0f) << "chunk_scan: v_scale must not be 0";
+  const int nseg = chunk_scan_segments(a);
+  LINEA_CHECK(nseg == 1 || a.workspace)
+      << "chunk_scan: " << nseg << " segments need a workspace of " << chunk_scan_workspace_bytes(a)
+      << " bytes (chunk_scan_workspace_bytes)";
+  const int chunks = (a.T + kC - 1) / kC;
+  const int seg_chunks = nseg > 1 ? (chunks + nseg - 1) / nseg : std::max(chunks, 1);
   if (a.Dqk == 64)
-    a.out_f32 ? launch<64, true>(a, stream) : launch<64, false>(a, stream);
+    a.out_f32 ? run<64, true>(a, nseg, seg_chunks, stream)
+              : run<64, false>(a, nseg, seg_chunks, stream);
   else
-    a.out_f32 ? launch<128, true>(a, stream) : launch<128, false>(a, stream);
+    a.out_f32 ? run<128, true>(a, nseg, seg_chunks, stream)
+              : run<128, false>(a, nseg, seg_chunks, stream);
 }
 
 }  // namespace linea::kernels::cuda

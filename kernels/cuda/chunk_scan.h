@@ -41,11 +41,21 @@ struct ChunkScanArgs {
   bool initial_transposed = false;       // initial_state stored as [B, H, Dv, Dqk]
   bool final_transposed = false;         // final_state stored as [B, H, Dv, Dqk]
   int B = 0, T = 0, H = 0, Dqk = 0, Dv = 0;
-  float out_scale = 1.0f, v_scale = 1.0f;
+  float out_scale = 1.0f, v_scale = 1.0f;  // v_scale != 0
   bool reverse = false;
+  // Segments of the sequence scanned in parallel (0: chosen from the shape so that the GPU is
+  // full): a state pass sums k^T v per segment, a prefix over segments gives each its incoming
+  // state (the LASP-2 composition inside one GPU), then every segment runs the full scan.
+  int segments = 0;
+  float* workspace = nullptr;  // chunk_scan_workspace_bytes(args) bytes, or null for 1 segment
 };
 
-// Throws linea::Error (with the failing field) on unsupported shapes; CUDA errors via CUDA_CHECK.
+// The segments chunk_scan will use for these args (resolving segments = 0), and the workspace it
+// then needs (0 for one segment).
+int chunk_scan_segments(const ChunkScanArgs& args);
+size_t chunk_scan_workspace_bytes(const ChunkScanArgs& args);
+
+// Throws linea::Error (naming the field) on unsupported shapes or a missing workspace.
 void chunk_scan(const ChunkScanArgs& args, cudaStream_t stream);
 
 }  // namespace linea::kernels::cuda
