@@ -19,6 +19,12 @@
 //       segments give every segment its incoming state, so about 2 blocks per SM run.
 //       0.574 / 2.319 ms; 2.312 / 9.230 ms: 8.7 us per chunk step, still latency-bound (one
 //       warp per scheduler, 130 KB of shared memory: one block per SM).
+//   v3  8 warps per block (two per row group: score tiles split by parity, output columns by
+//       half), the warp's q fragments loaded once for the scores and q S.
+//       0.557 / 2.258 ms; 0.968 / 3.885 ms (B4 T8192 H16); 2.207 / 8.783 ms: the warps were not
+//       the limit. About 68 TFLOP/s of tensor work: next, profile (ncu) the per-chunk critical
+//       path (4 block barriers, f32 staging of scores, outputs and state through shared memory)
+//       and move to raw mma.sync with register-resident operands or wgmma.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -1,9 +1,10 @@
 // The chunked causal scan (contract in kernels/cuda/chunk_scan.h).
 //
-// One thread block of 4 warps per (batch, head, 64-wide slice of Dv, segment); it walks the chunks
-// of its segment in order (or in reverse). Warp w owns rows [16 w, 16 w + 16) of the chunk for the
-// scores and the output, and rows [16 R w, 16 R (w + 1)) of the state (R = Dqk / 64 tile rows),
-// whose f32 accumulator fragments stay in registers for the whole segment. Per chunk:
+// One thread block of 8 warps per (batch, head, 64-wide slice of Dv, segment); it walks the chunks
+// of its segment in order (or in reverse). Warps w and w + 4 own rows [16 w, 16 w + 16) of the
+// chunk: they split that row group's score tiles by parity and its output columns by half. Each
+// warp also owns 1/8 of the state tiles, whose f32 accumulator fragments stay in registers for the
+// whole segment. Per chunk:
 //   1. wait for q, k, v of this chunk (cp.async, issued one chunk ahead into a second buffer;
 //      rows past T zero-filled) and start the next chunk's copies;
 //   2. scores A = mask(q k^T) for the warp's rows (only the tiles the mask keeps), to bf16;
@@ -33,7 +34,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kC = 64;     // chunk length
 constexpr int kDvT = 64;   // Dv slice per block
-constexpr int kWarps = 4;  // one per 16 rows of a chunk
+constexpr int kWarps = 8;  // two per 16 rows of a chunk (one per half of the Dv slice)
 constexpr int kPad = 8;    // bf16 row padding (16 bytes) against bank conflicts
 constexpr int kFPad = 4;   // f32 row padding
 constexpr int kLdV = kDvT + kPad;
@@ -87,14 +88,14 @@ __device__ __forceinline__ void start_rows(bf16* dst, int ld, const bf16* src, i
   }
 }
 
-// 16 x 64 f32 (ld kLdF) -> bf16 (ld) by one warp, 4 elements per lane and step; keep(r, c) may
-// zero elements.
-template <typename Keep>
+// 16 x Width f32 (ld kLdF) -> bf16 (ld) by one warp, 4 elements per lane and step; keep(r, c)
+// may zero elements.
+template <int Width, typename Keep>
 __device__ __forceinline__ void rows_to_bf16(const float* src, bf16* dst, int ld, int lane,
                                              Keep keep) {
 #pragma unroll
-  for (int e = lane; e < 16 * 64 / 4; e += 32) {
-    const int r = e / 16, c = (e % 16) * 4;
+  for (int e = lane; e < 16 * Width / 4; e += 32) {
+    const int r = e / (Width / 4), c = (e % (Width / 4)) * 4;
     float4 x = *reinterpret_cast<const float4*>(src + r * kLdF + c);
     if (!keep(r, c + 0)) x.x = 0.0f;
     if (!keep(r, c + 1)) x.y = 0.0f;
@@ -112,12 +113,13 @@ template <int Dqk, bool OutF32, Mode M>
 __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a, int seg_chunks) {
   using L = Smem<Dqk>;
   constexpr int kLdQ = L::kLdQ;
-  constexpr int kR = Dqk / 16 / kWarps;  // state tile rows per warp
-  constexpr int kKq = Dqk / 16;          // k-steps over Dqk
+  constexpr int kKq = Dqk / 16;               // k-steps over Dqk
+  constexpr int kST = Dqk / 16 * 4 / kWarps;  // state tiles per warp (of Dqk/16 x 4)
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sA = reinterpret_cast<bf16*>(smem + L::a);
   bf16* sS = reinterpret_cast<bf16*>(smem + L::s);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rg = warp % 4, half = warp / 4;  // rows [16 rg, +16); output columns [32 half, +32)
   float* sF = reinterpret_cast<float*>(smem + L::f) + warp * 16 * kLdF;
   auto stage_q = [&](int st) { return reinterpret_cast<bf16*>(smem + st * L::stage + L::q); };
   auto stage_k = [&](int st) { return reinterpret_cast<bf16*>(smem + st * L::stage + L::k); };
@@ -134,43 +136,40 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
   const int64_t seg_off = (int64_t(bh) * nseg + seg) * Dqk * a.Dv;  // workspace [B H][seg]
   const float inv_vs = 1.0f / a.v_scale, out_scale = a.out_scale * a.v_scale;
 
-  // The state (S~ = S / v_scale): warp w holds tile rows [kR w, kR (w + 1)) x 4 tile columns.
-  FragC S[kR][4];
+  // The state S~ = S / v_scale: warp w holds tiles w kST .. w kST + kST - 1 of the Dqk/16 x 4
+  // tile grid (row-major), i.e. one tile row, or half of one for Dqk = 64.
+  const int s_row = warp * kST / 4, s_col0 = warp * kST % 4;
+  FragC S[kST];
 #pragma unroll
-  for (int i = 0; i < kR; ++i) {
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-      const int r0 = (kR * warp + i) * 16, c0 = dv0 + n * 16;
-      if (M == kStateOnly) {
-        wmma::fill_fragment(S[i][n], 0.0f);
-      } else if (nseg > 1) {  // from the prefix over segments, already in S~ units
-        wmma::load_matrix_sync(S[i][n], a.workspace + seg_off + int64_t(r0) * a.Dv + c0, a.Dv,
+  for (int i = 0; i < kST; ++i) {
+    const int r0 = s_row * 16, c0 = dv0 + (s_col0 + i) * 16;
+    if (M == kStateOnly) {
+      wmma::fill_fragment(S[i], 0.0f);
+    } else if (nseg > 1) {  // from the prefix over segments, already in S~ units
+      wmma::load_matrix_sync(S[i], a.workspace + seg_off + int64_t(r0) * a.Dv + c0, a.Dv,
+                             wmma::mem_row_major);
+    } else if (!a.initial_state) {
+      wmma::fill_fragment(S[i], 0.0f);
+    } else {
+      if (a.initial_transposed)
+        wmma::load_matrix_sync(S[i], a.initial_state + state_off + int64_t(c0) * Dqk + r0, Dqk,
+                               wmma::mem_col_major);
+      else
+        wmma::load_matrix_sync(S[i], a.initial_state + state_off + int64_t(r0) * a.Dv + c0, a.Dv,
                                wmma::mem_row_major);
-      } else if (!a.initial_state) {
-        wmma::fill_fragment(S[i][n], 0.0f);
-      } else {
-        if (a.initial_transposed)
-          wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(c0) * Dqk + r0, Dqk,
-                                 wmma::mem_col_major);
-        else
-          wmma::load_matrix_sync(S[i][n], a.initial_state + state_off + int64_t(r0) * a.Dv + c0,
-                                 a.Dv, wmma::mem_row_major);
 #pragma unroll
-        for (int e = 0; e < S[i][n].num_elements; ++e) S[i][n].x[e] *= inv_vs;
-      }
+      for (int e = 0; e < S[i].num_elements; ++e) S[i].x[e] *= inv_vs;
     }
   }
-  // S~ in bf16 for the q S products: staged per tile row through the warp's f32 buffer.
+  // S~ in bf16 for the q S products, staged through the warp's f32 buffer.
   auto publish_state = [&]() {
 #pragma unroll
-    for (int i = 0; i < kR; ++i) {
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-        wmma::store_matrix_sync(sF + n * 16, S[i][n], kLdF, wmma::mem_row_major);
-      __syncwarp();
-      rows_to_bf16(sF, sS + (kR * warp + i) * 16 * kLdV, kLdV, lane, [](int, int) { return true; });
-      __syncwarp();
-    }
+    for (int i = 0; i < kST; ++i)
+      wmma::store_matrix_sync(sF + i * 16, S[i], kLdF, wmma::mem_row_major);
+    __syncwarp();
+    rows_to_bf16<kST * 16>(sF, sS + s_row * 16 * kLdV + s_col0 * 16, kLdV, lane,
+                           [](int, int) { return true; });
+    __syncwarp();
   };
   if (M == kFull) publish_state();
 
@@ -188,6 +187,8 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
     cp_async_commit();  // an empty group past the end keeps the wait count uniform
   };
   start_chunk(0, 0);
+  // The key tiles row group rg keeps; this warp computes those of its parity.
+  const int j_lo = a.reverse ? rg : 0, j_hi = a.reverse ? 3 : rg;
 
   for (int step = 0; step < n_steps; ++step) {
     const int st = step & 1;
@@ -200,67 +201,72 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
     const bf16 *sQ = stage_q(st), *sK = stage_k(st), *sV = stage_v(st);
 
     if (M == kFull) {
-      // 2. scores of the warp's 16 rows against the key tiles the mask keeps
-      const int j_lo = a.reverse ? warp : 0, j_hi = a.reverse ? kWarps - 1 : warp;
-      for (int j = j_lo; j <= j_hi; ++j) {
-        FragC acc;
-        wmma::fill_fragment(acc, 0.0f);
+      // The warp's q rows as A fragments, used for the scores and for q S~.
+      FragA fq[kKq];
 #pragma unroll
-        for (int kk = 0; kk < kKq; ++kk) {
-          FragA fa;
-          FragBT fb;
-          wmma::load_matrix_sync(fa, sQ + warp * 16 * kLdQ + kk * 16, kLdQ);
-          wmma::load_matrix_sync(fb, sK + j * 16 * kLdQ + kk * 16, kLdQ);
-          wmma::mma_sync(acc, fa, fb, acc);
+      for (int kk = 0; kk < kKq; ++kk)
+        wmma::load_matrix_sync(fq[kk], sQ + rg * 16 * kLdQ + kk * 16, kLdQ);
+        // 2. scores: tiles j = half, half + 2 of row group rg, masked, to bf16 in sA
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = half + 2 * jj;
+        const bool in_range = j >= j_lo && j <= j_hi;
+        if (in_range) {
+          FragC acc;
+          wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+          for (int kk = 0; kk < kKq; ++kk) {
+            FragBT fb;
+            wmma::load_matrix_sync(fb, sK + j * 16 * kLdQ + kk * 16, kLdQ);
+            wmma::mma_sync(acc, fq[kk], fb, acc);
+          }
+          wmma::store_matrix_sync(sF + jj * 16, acc, kLdF, wmma::mem_row_major);
         }
-        wmma::store_matrix_sync(sF + j * 16, acc, kLdF, wmma::mem_row_major);
+        __syncwarp();
+        const bool rev = a.reverse;
+        rows_to_bf16<16>(sF + jj * 16, sA + rg * 16 * kLdA + j * 16, kLdA, lane, [&](int r, int c) {
+          const int t = rg * 16 + r, s = j * 16 + c;
+          return in_range && (rev ? s >= t : s <= t);
+        });
       }
-      __syncwarp();
-      const bool rev = a.reverse;
-      rows_to_bf16(sF, sA + warp * 16 * kLdA, kLdA, lane, [&](int r, int c) {
-        const int t = warp * 16 + r, j = c / 16;
-        return (rev ? c >= t : c <= t) && j >= j_lo && j <= j_hi;
-      });
-      __syncwarp();
-
-      // 3. out rows of this warp: q S~ + A v, scaled
-      FragC o[4];
+      // 3. out tiles n = 2 half, 2 half + 1 of the warp's rows: q S~
+      FragC o[2];
 #pragma unroll
-      for (int n = 0; n < 4; ++n) wmma::fill_fragment(o[n], 0.0f);
+      for (int n = 0; n < 2; ++n) wmma::fill_fragment(o[n], 0.0f);
 #pragma unroll
       for (int kk = 0; kk < kKq; ++kk) {
-        FragA fa;
-        wmma::load_matrix_sync(fa, sQ + warp * 16 * kLdQ + kk * 16, kLdQ);
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
+        for (int n = 0; n < 2; ++n) {
           FragB fb;
-          wmma::load_matrix_sync(fb, sS + kk * 16 * kLdV + n * 16, kLdV);
-          wmma::mma_sync(o[n], fa, fb, o[n]);
+          wmma::load_matrix_sync(fb, sS + kk * 16 * kLdV + (2 * half + n) * 16, kLdV);
+          wmma::mma_sync(o[n], fq[kk], fb, o[n]);
         }
       }
+      __syncthreads();  // sA rows of the row group complete (both parities)
+      // ... + A v
       for (int j = j_lo; j <= j_hi; ++j) {
         FragA fa;
-        wmma::load_matrix_sync(fa, sA + warp * 16 * kLdA + j * 16, kLdA);
+        wmma::load_matrix_sync(fa, sA + rg * 16 * kLdA + j * 16, kLdA);
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
+        for (int n = 0; n < 2; ++n) {
           FragB fb;
-          wmma::load_matrix_sync(fb, sV + j * 16 * kLdV + n * 16, kLdV);
+          wmma::load_matrix_sync(fb, sV + j * 16 * kLdV + (2 * half + n) * 16, kLdV);
           wmma::mma_sync(o[n], fa, fb, o[n]);
         }
       }
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
+      for (int n = 0; n < 2; ++n) {
 #pragma unroll
         for (int e = 0; e < o[n].num_elements; ++e) o[n].x[e] *= out_scale;
         wmma::store_matrix_sync(sF + n * 16, o[n], kLdF, wmma::mem_row_major);
       }
       __syncwarp();
 #pragma unroll
-      for (int e = lane; e < 16 * kDvT / 4; e += 32) {
-        const int r = e / (kDvT / 4), c = (e % (kDvT / 4)) * 4, t = warp * 16 + r;
+      for (int e = lane; e < 16 * 32 / 4; e += 32) {
+        const int r = e / 8, c = (e % 8) * 4, t = rg * 16 + r;
         if (t >= valid) continue;
         const float4 x = *reinterpret_cast<const float4*>(sF + r * kLdF + c);
-        const int64_t off = out_off + int64_t(t0 + t) * v_stride + c;
+        const int64_t off = out_off + int64_t(t0 + t) * v_stride + 32 * half + c;
         if constexpr (OutF32) {
           *reinterpret_cast<float4*>(static_cast<float*>(a.out) + off) = x;
         } else {
@@ -275,18 +281,14 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
 
     // 4. S~ += k^T v (k^T read as a column-major view of sK)
 #pragma unroll
-    for (int i = 0; i < kR; ++i) {
-      const int r0 = (kR * warp + i) * 16;
+    for (int kk = 0; kk < kC / 16; ++kk) {
+      FragAT fa;
+      wmma::load_matrix_sync(fa, sK + kk * 16 * kLdQ + s_row * 16, kLdQ);
 #pragma unroll
-      for (int kk = 0; kk < kC / 16; ++kk) {
-        FragAT fa;
-        wmma::load_matrix_sync(fa, sK + kk * 16 * kLdQ + r0, kLdQ);
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          FragB fb;
-          wmma::load_matrix_sync(fb, sV + kk * 16 * kLdV + n * 16, kLdV);
-          wmma::mma_sync(S[i][n], fa, fb, S[i][n]);
-        }
+      for (int i = 0; i < kST; ++i) {
+        FragB fb;
+        wmma::load_matrix_sync(fb, sV + kk * 16 * kLdV + (s_col0 + i) * 16, kLdV);
+        wmma::mma_sync(S[i], fa, fb, S[i]);
       }
     }
     if (M == kFull) {
@@ -300,24 +302,21 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
   const bool last = a.reverse ? seg == 0 : seg == nseg - 1;
   if (M == kStateOnly || (a.final_state && last)) {
 #pragma unroll
-    for (int i = 0; i < kR; ++i) {
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        const int r0 = (kR * warp + i) * 16, c0 = dv0 + n * 16;
-        if (M == kStateOnly) {
-          wmma::store_matrix_sync(a.workspace + seg_off + int64_t(r0) * a.Dv + c0, S[i][n], a.Dv,
-                                  wmma::mem_row_major);
-          continue;
-        }
-#pragma unroll
-        for (int e = 0; e < S[i][n].num_elements; ++e) S[i][n].x[e] = S[i][n].x[e] * a.v_scale;
-        if (a.final_transposed)
-          wmma::store_matrix_sync(a.final_state + state_off + int64_t(c0) * Dqk + r0, S[i][n], Dqk,
-                                  wmma::mem_col_major);
-        else
-          wmma::store_matrix_sync(a.final_state + state_off + int64_t(r0) * a.Dv + c0, S[i][n],
-                                  a.Dv, wmma::mem_row_major);
+    for (int i = 0; i < kST; ++i) {
+      const int r0 = s_row * 16, c0 = dv0 + (s_col0 + i) * 16;
+      if (M == kStateOnly) {
+        wmma::store_matrix_sync(a.workspace + seg_off + int64_t(r0) * a.Dv + c0, S[i], a.Dv,
+                                wmma::mem_row_major);
+        continue;
       }
+#pragma unroll
+      for (int e = 0; e < S[i].num_elements; ++e) S[i].x[e] = S[i].x[e] * a.v_scale;
+      if (a.final_transposed)
+        wmma::store_matrix_sync(a.final_state + state_off + int64_t(c0) * Dqk + r0, S[i], Dqk,
+                                wmma::mem_col_major);
+      else
+        wmma::store_matrix_sync(a.final_state + state_off + int64_t(r0) * a.Dv + c0, S[i], a.Dv,
+                                wmma::mem_row_major);
     }
   }
 }
