@@ -24,11 +24,13 @@ std::unique_ptr<TokenMixer> sequence_parallel(std::unique_ptr<TokenMixer> mixer,
 }
 // The one switch choosing a layer's channel mixer (resolved_moe_pattern says which layers are MoE).
 std::unique_ptr<ChannelMixer> make_channel_mixer(const config::Config& cfg, int layer, DType dtype,
+                                                 parallel::Communicator* sp,
                                                  parallel::Communicator* ep) {
   const std::string name = layer_prefix(layer) + ".mlp";
   const int64_t hidden = cfg.model().hidden_size();
   if (resolved_moe_pattern(cfg)[layer] == 'E')
-    return std::make_unique<MoeLayer>(name, hidden, cfg.model().channel_mixer().moe(), dtype, ep);
+    return std::make_unique<MoeLayer>(name, hidden, cfg.model().channel_mixer().moe(), dtype, ep,
+                                      sp);
   return std::make_unique<SwiGLUMLP>(name, hidden, resolved_intermediate_size(cfg), dtype);
 }
 }  // namespace
@@ -41,7 +43,7 @@ Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Commun
                                sp, layer)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(make_channel_mixer(cfg, layer, dtype, ep)) {}
+      mlp_(make_channel_mixer(cfg, layer, dtype, sp, ep)) {}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);

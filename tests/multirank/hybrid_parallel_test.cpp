@@ -2,10 +2,10 @@
 // for 5 steps as DP x SP (x EP) on W ranks gives the same losses as one rank with the whole batch
 // (f64, 1e-10). Layouts: SP = W; DP = 2 x SP = 2 on 4 ranks; and with MoE channel mixers on every
 // second layer, SP = W with EP = W, and DP = 2 x SP = 2 with EP = 2 (each SP pair shares experts)
-// and EP = 4 (the experts spread over all four ranks), for both routers. The MoE models train with
-// the load-balancing aux loss off: it is a per-micro-batch product of means (docs/moe.md), so a
-// sequence split over SP ranks balances each shard, not the whole sequence; the z-loss (a per-token
-// mean) and the aux-loss-free bias (updated from the global load) are on and exact.
+// and EP = 4 (the experts spread over all four ranks), for both routers, with the load-balancing
+// aux loss, the z-loss and the aux-loss-free bias on. The aux loss is a per-micro-batch product of
+// means taken over the SP group (router.h), so DP x SP x EP equals one rank that accumulates DP
+// micro-batches of the same size (docs/moe.md: not one micro-batch DP times as large).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -62,7 +62,7 @@ void add_moe(config::Config& cfg, config::MoeConfig::Router router) {
   moe->set_expert_intermediate_size(12);
   moe->set_num_shared_experts(1);
   moe->set_shared_intermediate_size(8);
-  moe->set_aux_loss_coeff(0);
+  moe->set_aux_loss_coeff(0.05);
   moe->set_z_loss_coeff(0.01);
   moe->set_bias_update_rate(0.01);
 }
@@ -80,7 +80,11 @@ void expect_layout_matches_one_rank(int dp, int sp, int ep = 1,
   parallel::SelfCommunicator self;
   config::Config one = hybrid_config(temp_dir("one", world->rank()));
   if (router) add_moe(one, *router);
-  one.mutable_train()->set_micro_batch_size(2 * dp);
+  if (router) {
+    one.mutable_train()->set_grad_accum_steps(dp);  // the aux loss is per micro-batch
+  } else {
+    one.mutable_train()->set_micro_batch_size(2 * dp);
+  }
   TrainSummary ref = train(one, self);
 
   ASSERT_EQ(got.losses.size(), 5u);

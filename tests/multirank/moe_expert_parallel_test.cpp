@@ -1,10 +1,10 @@
-// Expert parallelism of the MoE layer on W ranks: for every EP size P > 1 dividing W, the layer
-// with its experts spread over the P ranks of an EP group gives, on every rank and its own tokens,
-// the same outputs, aux and z losses, input gradients and replicated gradients (router, shared
-// experts, shared gate) as the layer holding every expert (EP = 1), and each expert's gradient on
-// its owner equals the sum over the EP group of the EP = 1 gradients of that expert. f64, 1e-12.
-// Routers: softmax top-k (renormalised, shared experts with the Qwen2 gate, capacity dropping on)
-// and sigmoid with a non-zero aux-loss-free bias.
+// Expert and sequence parallelism of the MoE layer on W ranks: for every EP size P > 1 dividing W,
+// the layer with its experts spread over the P ranks of an EP group gives, on every rank and its
+// own tokens, the same outputs, aux and z losses, input gradients and replicated gradients (router,
+// shared experts, shared gate) as the layer holding every expert (EP = 1), and each expert's
+// gradient on its owner equals the sum over the EP group of the EP = 1 gradients of that expert.
+// f64, 1e-12. Routers: softmax top-k (renormalised, shared experts with the Qwen2 gate, capacity
+// dropping on) and sigmoid with a non-zero aux-loss-free bias.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -131,6 +131,55 @@ void expect_ep_matches_replicated(const config::MoeConfig& cfg, int ep) {
   size_t expert_params = 0;
   for (auto& [name, p] : ps) expert_params += p->sharding == ParamSharding::kExpert;
   EXPECT_EQ(expert_params, static_cast<size_t>(3 * spread.num_local_experts()));
+}
+
+// A micro-batch split over a sequence group (each rank holds a block of its tokens): every rank
+// reports the aux and z losses of the whole micro-batch, and the gradients summed over the ranks
+// equal those of one layer holding all tokens whose losses are counted once per rank (the trainer's
+// mean over ranks, docs/moe.md). Experts spread too (EP = W), so both groups act at once.
+// Dropless: the capacity is per rank's tokens (docs/moe.md), so it would differ by design.
+void expect_sequence_split_matches_whole(config::MoeConfig cfg) {
+  cfg.set_capacity_factor(0);
+  auto world = parallel::MpiCommunicator::world();
+  const int w = world->size(), rank = world->rank();
+  parallel::ProcessGrid grid(*world, {1, w, w});
+  SCOPED_TRACE("router " + config::MoeConfig::Router_Name(cfg.router()));
+  MoeLayer whole("layers.0.mlp", kD, cfg, DType::kF64);
+  MoeLayer shard("layers.0.mlp", kD, cfg, DType::kF64, &grid.ep(), &grid.sp());
+  whole.init(5, 0.4, 0.3);
+  shard.init(5, 0.4, 0.3);
+  const int64_t n = kTokens * w;
+  const Tensor x = random_tensor({n, kD}, 21, "x"), dy = random_tensor({n, kD}, 22, "dy");
+  const Tensor y = whole.forward(x);
+  whole.set_aux_grad_scale(w);
+  const Tensor dx = whole.backward(dy);
+
+  const Tensor xs = x.slice(rank * kTokens, (rank + 1) * kTokens).clone();
+  const Tensor ys = shard.forward(xs);
+  EXPECT_LT(max_abs_diff(ys, y.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "outputs";
+  EXPECT_NEAR(shard.stats().aux_loss, whole.stats().aux_loss, kTol);
+  EXPECT_NEAR(shard.stats().z_loss, whole.stats().z_loss, kTol);
+  EXPECT_GT(whole.stats().aux_loss, 0);
+  const Tensor dxs = shard.backward(dy.slice(rank * kTokens, (rank + 1) * kTokens).clone());
+  EXPECT_LT(max_abs_diff(dxs, dx.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "dx";
+
+  auto pw = by_name(whole), ps = by_name(shard);
+  for (auto& [name, p] : pw) {
+    if (p->sharding == ParamSharding::kReplicated) {
+      Tensor sum = ps.at(name)->grad.clone();
+      grid.world().all_reduce(sum);
+      EXPECT_LT(max_abs_diff(sum, p->grad), kTol) << name;
+    } else if (ps.count(name)) {  // the owner already holds every rank's rows
+      EXPECT_LT(max_abs_diff(ps.at(name)->grad, p->grad), kTol) << name;
+    }
+  }
+}
+
+TEST(MoeExpertParallel, SequenceSplitLossesEqualWholeMicroBatch) {
+  expect_sequence_split_matches_whole(softmax_config());
+  config::MoeConfig sig = sigmoid_config();
+  sig.set_num_shared_experts(1);
+  expect_sequence_split_matches_whole(sig);
 }
 
 std::vector<int> ep_sizes(int w) {

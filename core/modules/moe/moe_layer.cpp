@@ -39,11 +39,11 @@ double dot_row(const Tensor& a, const Tensor& b, int64_t t) {
 }  // namespace
 
 MoeLayer::MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg,
-                   DType dtype, parallel::Communicator* ep)
+                   DType dtype, parallel::Communicator* ep, parallel::Communicator* seq)
     : cfg_(cfg),
       hidden_(hidden),
       dtype_(dtype),
-      router_(name + ".gate", hidden, cfg, dtype),
+      router_(name + ".gate", hidden, cfg, dtype, seq),
       step_load_(cfg.num_experts(), 0.0) {
   int local = cfg.num_experts();
   if (ep && ep->size() > 1) {

@@ -46,9 +46,10 @@ struct MoeStats {
 
 class MoeLayer : public ChannelMixer {
  public:
-  // ep: the EP group (borrowed; null or size 1: every expert on this rank).
+  // ep: the EP group (borrowed; null or size 1: every expert on this rank). seq: the sequence
+  // group whose ranks share the aux and z losses of their micro-batch (router.h; the SP group).
   MoeLayer(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype,
-           parallel::Communicator* ep = nullptr);
+           parallel::Communicator* ep = nullptr, parallel::Communicator* seq = nullptr);
   void init(uint64_t seed, double std, double out_std) override;
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;

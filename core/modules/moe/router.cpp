@@ -6,11 +6,13 @@
 
 namespace linea {
 
-Router::Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype)
+Router::Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype,
+               parallel::Communicator* seq)
     : cfg_(cfg),
       experts_(cfg.num_experts()),
       proj_(name, hidden, cfg.num_experts(), dtype),
       bias_(cfg.num_experts(), 0.0),
+      seq_(seq && seq->size() > 1 ? seq : nullptr),
       dtype_(dtype) {}
 
 const Routing& Router::forward(const Tensor& x) {
@@ -22,7 +24,7 @@ const Routing& Router::forward(const Tensor& x) {
   lse_.assign(N, 0.0);
   routing_ = {N, k, std::vector<int32_t>(N * k), std::vector<double>(N * k)};
   load_.assign(E, 0);
-  std::vector<double> prob_mean(E, 0.0), key(E);
+  std::vector<double> prob_sum(E, 0.0), key(E);
   std::vector<int32_t> order(E);
   double z_sum = 0;
   for (int64_t t = 0; t < N; ++t) {
@@ -42,7 +44,7 @@ const Routing& Router::forward(const Tensor& x) {
       s_total += st[e];
     }
     // P_e: the mean router probability (sigmoid scores normalised over the experts).
-    for (int64_t e = 0; e < E; ++e) prob_mean[e] += (sigmoid ? st[e] / s_total : st[e]) / N;
+    for (int64_t e = 0; e < E; ++e) prob_sum[e] += sigmoid ? st[e] / s_total : st[e];
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
       return key[a] > key[b] || (key[a] == key[b] && a < b);
@@ -57,11 +59,27 @@ const Routing& Router::forward(const Tensor& x) {
       ++load_[order[j]];
     }
   }
+  // The statistics of the losses, over the sequence group: [load (E), prob_sum (E), z_sum, N].
+  std::vector<double> g(2 * E + 2);
+  for (int64_t e = 0; e < E; ++e) g[e] = static_cast<double>(load_[e]), g[E + e] = prob_sum[e];
+  g[2 * E] = z_sum, g[2 * E + 1] = static_cast<double>(N);
+  group_size_ = 1;
+  if (seq_) {
+    Tensor t = Tensor::from_vector({2 * E + 2}, g, DType::kF64);
+    seq_->all_reduce(t);
+    g = t.to_vector();
+    group_size_ = seq_->size();
+  }
+  group_load_.assign(g.begin(), g.begin() + E);
+  group_tokens_ = g[2 * E + 1];
   aux_loss_ = 0;
-  for (int64_t e = 0; e < E; ++e)
-    aux_loss_ += static_cast<double>(load_[e]) / static_cast<double>(N * k) * prob_mean[e];
-  aux_loss_ *= cfg_.aux_loss_coeff() * static_cast<double>(E);
-  z_loss_ = N > 0 ? cfg_.z_loss_coeff() * z_sum / static_cast<double>(N) : 0.0;
+  z_loss_ = 0;
+  if (group_tokens_ > 0) {
+    for (int64_t e = 0; e < E; ++e)
+      aux_loss_ += group_load_[e] / (group_tokens_ * k) * (g[E + e] / group_tokens_);
+    aux_loss_ *= cfg_.aux_loss_coeff() * static_cast<double>(E);
+    z_loss_ = cfg_.z_loss_coeff() * g[2 * E] / group_tokens_;
+  }
   return routing_;
 }
 
@@ -70,12 +88,15 @@ Tensor Router::backward(const std::vector<double>& dweight, double aux_scale) {
   const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
   const bool normalise = sigmoid || cfg_.renormalize();
   const double rs = cfg_.routed_scaling();
-  // d(aux)/dq_{t,e} = coeff * E * f_e / N, the same for every token.
-  std::vector<double> daux(E);
+  // d(aux)/dq_{t,e} = coeff * E * f_e / N, the same for every token (f_e and N over the sequence
+  // group; its losses are counted once per rank of the group, hence the group size).
+  std::vector<double> daux(E, 0.0);
+  const double scale = aux_scale * group_size_;
+  const double n_group = std::max(group_tokens_, 1.0);
   for (int64_t e = 0; e < E; ++e)
-    daux[e] = aux_scale * cfg_.aux_loss_coeff() * static_cast<double>(E) *
-              (static_cast<double>(load_[e]) / static_cast<double>(N * k)) / static_cast<double>(N);
-  const double dz_coeff = aux_scale * cfg_.z_loss_coeff() * 2.0 / static_cast<double>(N);
+    daux[e] = scale * cfg_.aux_loss_coeff() * static_cast<double>(E) *
+              (group_load_[e] / (n_group * static_cast<double>(k))) / n_group;
+  const double dz_coeff = scale * cfg_.z_loss_coeff() * 2.0 / n_group;
   std::vector<double> dz(N * E, 0.0), ds(E);
   for (int64_t t = 0; t < N; ++t) {
     const double* st = &score_[t * E];

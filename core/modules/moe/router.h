@@ -8,7 +8,11 @@
 //     sum(s_chosen). update_bias(load) moves b by rate * sign(mean_load - load_e) per expert.
 //   rs = moe.routed_scaling. Ties in the top-k pick the lower expert index.
 //
-// Losses of one forward (N tokens, k copies each), both differentiable:
+// Losses of one forward (N tokens, k copies each), both differentiable. With a sequence group
+// (the SP ranks that each hold a shard of the same sequences), N, f_e, P_e and the z-loss mean
+// are taken over the group's tokens, so the losses equal those of the unsplit micro-batch; each
+// rank reports the group's losses and scales its share of their gradient by the group size (the
+// step objective averages the losses over every rank, docs/moe.md).
 //   aux = aux_loss_coeff * E * sum_e f_e * P_e, f_e = (copies routed to e) / (N k) (before any
 //         capacity drop; piecewise constant), P_e = mean_t q_{t,e}, q = p (softmax router) or
 //         s / sum_e s (sigmoid router).
@@ -22,6 +26,7 @@
 
 #include "core/modules/linear.h"
 #include "linea.pb.h"
+#include "parallel/communicator.h"
 
 namespace linea {
 
@@ -33,7 +38,9 @@ struct Routing {
 
 class Router {
  public:
-  Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype);
+  // seq: the sequence group (borrowed; null or size 1: this rank's tokens are the micro-batch).
+  Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype,
+         parallel::Communicator* seq = nullptr);
   void init(uint64_t seed, double std) { init_normal(proj_.weight(), seed, std); }
   // x [N, D]; saves what backward needs.
   const Routing& forward(const Tensor& x);
@@ -56,8 +63,12 @@ class Router {
   int64_t experts_;
   Linear proj_;
   std::vector<double> bias_;
+  parallel::Communicator* seq_;
   Routing routing_;
   std::vector<int64_t> load_;
+  // Over the sequence group (this rank alone without one): routed copies per expert and tokens.
+  std::vector<double> group_load_;
+  double group_tokens_ = 0, group_size_ = 1;
   // Saved for backward: per-token scores (p or s), logsumexp of the logits and softmax(z).
   std::vector<double> score_, lse_, softmax_;
   double aux_loss_ = 0, z_loss_ = 0;
