@@ -9,6 +9,12 @@ namespace {
 std::string where(const char* op, const std::string& group) {
   return std::string(op) + " on group '" + group + "'";
 }
+bool overlaps(const Tensor& a, const Tensor& b) {
+  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+  const char* pa = static_cast<const char*>(a.raw());
+  const char* pb = static_cast<const char*>(b.raw());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
 std::string counts_str(const std::vector<int64_t>& c) {
   std::ostringstream os;
   os << "[";
@@ -17,6 +23,20 @@ std::string counts_str(const std::vector<int64_t>& c) {
   return os.str();
 }
 }  // namespace
+
+void check_no_overlap(const char* op, const std::string& group, const Tensor& in,
+                      const Tensor& out) {
+  LINEA_CHECK(!overlaps(in, out)) << where(op, group) << ": in and out overlap";
+}
+
+bool gather_in_place(const std::string& group, int rank, const Tensor& in, const Tensor& out) {
+  if (!overlaps(in, out)) return false;
+  // ZeRO-style callers gather into the buffer that already holds their own shard.
+  LINEA_CHECK(in.raw() == static_cast<const char*>(out.raw()) + rank * in.nbytes())
+      << where("all_gather", group) << ": in overlaps out but is not rank " << rank
+      << "'s block of it";
+  return true;
+}
 
 void check_tensor(const char* op, const std::string& group, const Tensor& t, bool reduces) {
   LINEA_CHECK(t.defined()) << where(op, group) << ": undefined tensor";

@@ -22,6 +22,13 @@ void check_scatter_sizes(const char* op, const std::string& group, int size, con
                          const Tensor& out);
 void check_peer(const char* op, const std::string& group, int size, int rank, int peer);
 
+// in and out share no byte (reduce_scatter, all_to_all_v).
+void check_no_overlap(const char* op, const std::string& group, const Tensor& in,
+                      const Tensor& out);
+// all_gather: true when in is this rank's block of out (the in-place form), false when they share
+// no byte; any other overlap is an error.
+bool gather_in_place(const std::string& group, int rank, const Tensor& in, const Tensor& out);
+
 // Elements in one row of t (the product of the dims after the first); 1 for a 1-D tensor.
 int64_t row_width(const Tensor& t);
 // Validates all_to_all_v arguments; returns the row width shared by in and out.

@@ -76,13 +76,6 @@ int mpi_count(int64_t n, const char* op, const std::string& group) {
   return static_cast<int>(n);
 }
 
-bool overlaps(const Tensor& a, const Tensor& b) {
-  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
-  const char* pa = static_cast<const char*>(a.raw());
-  const char* pb = static_cast<const char*>(b.raw());
-  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
-}
-
 }  // namespace
 
 // ---- MpiRuntime -----------------------------------------------------------------------------
@@ -155,13 +148,7 @@ void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {
   const int n = mpi_count(in.numel(), "all_gather", name_);
   const MPI_Datatype type = mpi_type(in.dtype());
   const void* send = in.raw();
-  if (overlaps(in, out)) {
-    // ZeRO-style callers gather into the buffer that already holds their own shard.
-    LINEA_CHECK(in.raw() == static_cast<char*>(out.raw()) + rank_ * in.nbytes())
-        << "all_gather on group '" << name_ << "': in overlaps out but is not rank " << rank_
-        << "'s block of it";
-    send = MPI_IN_PLACE;
-  }
+  if (detail::gather_in_place(name_, rank_, in, out)) send = MPI_IN_PLACE;
   MPI_CHECK(MPI_Allgather(send, n, type, out.raw(), n, type, comm_));
   stats_.add(CollectiveKind::kAllGather, in.nbytes() * static_cast<uint64_t>(size_ - 1));
 }
@@ -171,8 +158,7 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
   detail::check_tensor("reduce_scatter", name_, out, true);
   detail::check_same_dtype("reduce_scatter", name_, in, out);
   detail::check_scatter_sizes("reduce_scatter", name_, size_, in, out);
-  LINEA_CHECK(!overlaps(in, out)) << "reduce_scatter on group '" << name_
-                                  << "': in and out overlap";
+  detail::check_no_overlap("reduce_scatter", name_, in, out);
   mpi_count(in.numel(), "reduce_scatter", name_);
   const int n = mpi_count(out.numel(), "reduce_scatter", name_);
   MPI_CHECK(
@@ -183,7 +169,7 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
 void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                    Tensor& out, const std::vector<int64_t>& recv_counts) {
   const int64_t width = detail::check_all_to_all(name_, size_, in, send_counts, out, recv_counts);
-  LINEA_CHECK(!overlaps(in, out)) << "all_to_all_v on group '" << name_ << "': in and out overlap";
+  detail::check_no_overlap("all_to_all_v", name_, in, out);
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
   int64_t soff = 0, roff = 0;
   for (int r = 0; r < size_; ++r) {

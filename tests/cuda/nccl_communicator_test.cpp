@@ -1,0 +1,67 @@
+// The NCCL communicator on one GPU, bootstrapped over a SelfCommunicator: every collective of a
+// group of one rank is a copy (or nothing) and counts no bytes, CPU tensors are staged for
+// all_reduce and broadcast, wrong tensors fail with the group's name, and split() builds groups.
+// The W-rank equivalence with the MPI backend is tests/cuda_multirank/nccl_vs_mpi_test.cpp.
+#include "parallel/nccl_communicator.h"
+
+#include "core/tensor/cuda_stream.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace linea {
+namespace {
+
+using namespace testing;
+
+TEST(NcclCommunicator, OneRankCollectivesAreCopies) {
+  LINEA_REQUIRE_CUDA();
+  parallel::SelfCommunicator self;
+  auto nccl = parallel::NcclCommunicator::create(self, 0, "world");
+  ASSERT_EQ(nccl->size(), 1);
+  ASSERT_EQ(nccl->rank(), 0);
+  const Tensor x = random_cuda({7, 5}, 1, DType::kF32);
+
+  Tensor r = x.clone();
+  nccl->all_reduce(r, parallel::ReduceOp::kSum);
+  Tensor g = Tensor::empty({7, 5}, DType::kF32, Device::cuda(0));
+  nccl->all_gather(x, g);
+  Tensor s = Tensor::empty({7, 5}, DType::kF32, Device::cuda(0));
+  nccl->reduce_scatter(x, s, parallel::ReduceOp::kMax);
+  Tensor a = Tensor::empty({7, 5}, DType::kBF16, Device::cuda(0));
+  const Tensor xb = x.to(DType::kBF16);
+  nccl->all_to_all_v(xb, {7}, a, {7});
+  Tensor b = x.clone();
+  nccl->broadcast(b, 0);
+  cuda::synchronize(0);
+  for (const Tensor* t : {&r, &g, &s, &b}) EXPECT_EQ(rel_err(*t, x), 0.0);
+  EXPECT_EQ(rel_err(a, xb), 0.0);
+  for (uint64_t bytes : nccl->stats().bytes_sent) EXPECT_EQ(bytes, 0u);
+  EXPECT_EQ(nccl->stats().calls[static_cast<int>(parallel::CollectiveKind::kAllReduce)], 1u);
+
+  // Host scalars go through the device.
+  EXPECT_EQ(nccl->all_reduce_scalar(2.5), 2.5);
+  nccl->barrier();
+}
+
+TEST(NcclCommunicator, RejectsWrongTensorsAndSplits) {
+  LINEA_REQUIRE_CUDA();
+  parallel::SelfCommunicator self;
+  auto nccl = parallel::NcclCommunicator::create(self, 0, "dp");
+  Tensor cpu = Tensor::zeros({4}, DType::kF32);
+  Tensor out = Tensor::zeros({4}, DType::kF32);
+  try {
+    nccl->all_gather(cpu, out);
+    ADD_FAILURE() << "expected linea::Error for a CPU tensor";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'dp'"), std::string::npos) << e.what();
+  }
+  Tensor bf = Tensor::zeros({4}, DType::kBF16, Device::cuda(0));
+  EXPECT_THROW(nccl->all_reduce(bf, parallel::ReduceOp::kSum), Error);
+  auto sub = nccl->split(0, 0, "sp");
+  ASSERT_NE(sub, nullptr);
+  EXPECT_EQ(sub->size(), 1);
+  EXPECT_EQ(sub->name(), "sp");
+  EXPECT_EQ(nccl->split(-1, 0, "none"), nullptr);
+}
+
+}  // namespace
+}  // namespace linea
