@@ -40,7 +40,6 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   throw Error("unknown ReduceOp " + std::to_string(static_cast<int>(op)));
 }
 
-
 }  // namespace
 
 std::unique_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& bootstrap, int device,
