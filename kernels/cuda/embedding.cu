@@ -1,0 +1,90 @@
+// CUDA embedding (kernels/embedding.h): one block per token row (grid-stride), a row copied by
+// the block's threads, coalesced. The backward adds rows into an f32 dtable with atomics, so
+// repeated ids sum in an order that varies from run to run (f32 rounding differences only).
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ids.h"
+#include "kernels/cuda/ops.h"
+
+namespace linea::kernels::cuda {
+namespace {
+
+const char* kIdHint =
+    "token ids must lie in [0, model.vocab_size); raise model.vocab_size to cover the dataset's "
+    "tokenizer";
+
+template <typename T>
+__global__ void embedding_forward_kernel(const int32_t* ids, const T* table, int64_t n, int64_t d,
+                                         T* y) {
+  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+    const T* src = table + static_cast<int64_t>(ids[row]) * d;
+    T* dst = y + row * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dst[j] = src[j];
+  }
+}
+
+template <typename T>
+__global__ void embedding_backward_kernel(const int32_t* ids, const T* dy, int64_t n, int64_t d,
+                                          float* dtable) {
+  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+    float* dst = dtable + static_cast<int64_t>(ids[row]) * d;
+    const T* src = dy + row * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(dst + j, to_float(src[j]));
+  }
+}
+
+int row_block(int64_t d) { return d >= 512 ? 256 : (d >= 128 ? 128 : 32); }
+
+void check_rows(const Tensor& ids, const Tensor& table, const Tensor& act, const char* op,
+                const char* table_name, const char* act_name) {
+  check_dtype(ids, DType::kI32, op, "ids");
+  check_same_device(ids, table, op, "ids", table_name);
+  check_float(act, op, act_name);
+  check_same_device(act, table, op, act_name, table_name);
+  LINEA_CHECK(table.ndim() == 2) << op << ": " << table_name << " " << describe(table)
+                                 << " must be [V, D]";
+  const int64_t d = table.dim(1);
+  LINEA_CHECK(act.ndim() >= 1 && act.dim(-1) == d && act.numel() == ids.numel() * d)
+      << op << ": " << act_name << " " << shape_str(act.shape())
+      << " must hold one row of D = " << d << " per id of ids " << shape_str(ids.shape());
+}
+
+}  // namespace
+
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y) {
+  const char* op = "embedding_forward";
+  check_float(table, op, "table");
+  check_rows(ids, table, y, op, "table", "y");
+  check_like(y, table, op, "y", "table");
+  const int64_t n = ids.numel(), vocab = table.dim(0), d = table.dim(1);
+  check_ids_in_range(ids, vocab, false, 0, op, "token", "position", kIdHint);
+  if (n == 0 || d == 0) return;
+  OnDevice dev(table);
+  const int block = row_block(d);
+  const int grid = static_cast<int>(n < 65536 ? n : 65536);
+  dispatch(table.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    embedding_forward_kernel<<<grid, block, 0, dev.stream>>>(ids.data<int32_t>(), ptr<T>(table), n,
+                                                             d, ptr<T>(y));
+  });
+  CUDA_CHECK_LAUNCH();
+}
+
+void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) {
+  const char* op = "embedding_backward";
+  check_dtype(dtable, DType::kF32, op, "dtable");
+  check_rows(ids, dtable, dy, op, "dtable", "dy");
+  const int64_t n = ids.numel(), vocab = dtable.dim(0), d = dtable.dim(1);
+  check_ids_in_range(ids, vocab, false, 0, op, "token", "position", kIdHint);
+  if (n == 0 || d == 0) return;
+  OnDevice dev(dtable);
+  const int block = row_block(d);
+  const int grid = static_cast<int>(n < 65536 ? n : 65536);
+  dispatch(dy.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    embedding_backward_kernel<<<grid, block, 0, dev.stream>>>(ids.data<int32_t>(), ptr<T>(dy), n, d,
+                                                              dtable.data<float>());
+  });
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace linea::kernels::cuda
