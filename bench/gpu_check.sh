@@ -5,7 +5,8 @@
 # finished is there even when a later step is killed.
 #
 #   bench/gpu_check.sh OUT_DIR
-# Environment: LINEA_GPU_BUILD_DIR (default build-gpu); LINEA_BLAS_TARBALL, a tar of lib/ and
+# Environment: LINEA_GPU_BUILD_DIR (default build-gpu); LINEA_SANITIZE=1 adds a
+# compute-sanitizer memcheck pass over the CUDA tests; LINEA_BLAS_TARBALL, a tar of lib/ and
 # include/ holding OpenBLAS, used only where the machine has none.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUT_DIR}
@@ -55,6 +56,13 @@ step configure 300 cmake -S . -B "$BUILD" "${CMAKE_ARGS[@]}" || exit 1
 step build 900 cmake --build "$BUILD" -j "$JOBS" --target linea_cuda_tests kernels_bench || exit 1
 (cd "$BUILD" && step ctest_cuda 600 ctest -L cuda --output-on-failure -j 4 --timeout 300)
 ctest_rc=$?
+if [ "${LINEA_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  # Out-of-bounds and misaligned accesses in every CUDA test (the large-vocabulary cases
+  # are left out: under the sanitizer their CPU references dominate the time).
+  step sanitizer 400 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    "$BUILD/tests/linea_cuda_tests" --gtest_filter='-*CrossEntropyCuda.ForwardBackwardMatchCpu/[23]'
+  log "sanitizer rc=$?"
+fi
 step kernels_bench 600 "$BUILD/bench/kernels_bench" --json "$OUT/kernels_bench.json"
 bench_rc=$?
 log "done: ctest_cuda rc=$ctest_rc, kernels_bench rc=$bench_rc"

@@ -127,6 +127,51 @@ inline int grid_for(int64_t n, int block, int device, int blocks_per_sm = 8) {
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
 
+// N consecutive elements; with N * sizeof(T) == 16 they move as one 16-byte access (the
+// caller has checked alignment), otherwise element by element.
+template <typename T, int N>
+struct Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p, int64_t j) {
+  if constexpr (N * sizeof(T) == 16) {
+    union {
+      uint4 raw;
+      Pack<T, N> pack;
+    } u;
+    u.raw = reinterpret_cast<const uint4*>(p)[j];
+    return u.pack;
+  } else {
+    Pack<T, N> out;
+#pragma unroll
+    for (int e = 0; e < N; ++e) out.v[e] = p[j * N + e];
+    return out;
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, int64_t j, const Pack<T, N>& v) {
+  if constexpr (N * sizeof(T) == 16) {
+    union {
+      uint4 raw;
+      Pack<T, N> pack;
+    } u;
+    u.pack = v;
+    reinterpret_cast<uint4*>(p)[j] = u.raw;
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) p[j * N + e] = v.v[e];
+  }
+}
+
+// Elements per 16-byte access.
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

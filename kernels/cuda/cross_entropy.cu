@@ -82,8 +82,22 @@ __global__ void ce_forward_kernel(const T* z, const int32_t* targets, int64_t ro
       for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
         Vec<T> x;
         x.raw = zv[j];
+        // One rescale per pack at most, then a branch-free sum of exp over the pack.
+        float f[Vec<T>::kN];
+        float pm = -INFINITY;
 #pragma unroll
-        for (int e = 0; e < Vec<T>::kN; ++e) online_add(acc, to_float(x.v[e]));
+        for (int e = 0; e < Vec<T>::kN; ++e) {
+          f[e] = to_float(x.v[e]);
+          pm = fmaxf(pm, f[e]);
+        }
+        if (pm > acc.m) {
+          acc.s *= __expf(acc.m - pm);  // acc.m = -inf at first: exp(-inf) = 0
+          acc.m = pm;
+        }
+        float ps = 0;
+#pragma unroll
+        for (int e = 0; e < Vec<T>::kN; ++e) ps += __expf(f[e] - acc.m);
+        acc.s += ps;
       }
     } else {
       for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) online_add(acc, to_float(zr[j]));

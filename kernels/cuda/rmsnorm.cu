@@ -1,43 +1,63 @@
-// CUDA RMSNorm (kernels/rmsnorm.h). One block per row (grid-stride): the sum of squares is f32
-// per thread and reduced over the block; rstd is saved in f32. The backward keeps each block's
-// dw partial sums in shared memory (each column owned by one thread) and adds them to the f32 dw
-// with one atomic per column and block at the end.
+// CUDA RMSNorm (kernels/rmsnorm.h). One block per row (grid-stride), rows read with 16-byte
+// accesses where D and the pointers allow (N elements a pack), else element by element. The sum
+// of squares is f32 per thread, reduced over the block; rstd is saved in f32.
+// The backward keeps each block's dw partial sums in shared memory (each column owned by one
+// thread), writes them to a [blocks, D] buffer, and a second kernel adds the columns to dw in a
+// fixed order: dw is deterministic for a given GPU.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace linea::kernels::cuda {
 namespace {
 
-template <typename T, bool kWeighted>
+template <typename T, bool kWeighted, int N>
 __global__ void rmsnorm_forward_kernel(const T* x, const T* w, float eps, int64_t rows, int d, T* y,
                                        float* rstd) {
   __shared__ float scratch[32];
+  const int packs = d / N;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * d;
     T* yr = y + r * d;
     float ss = 0;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      const float v = to_float(xr[j]);
-      ss += v * v;
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+      const Pack<T, N> a = load_pack<T, N>(xr, j);
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const float v = to_float(a.v[e]);
+        ss += v * v;
+      }
     }
     ss = block_sum(ss, scratch);
     const float rs = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      float v = to_float(xr[j]) * rs;
-      if constexpr (kWeighted) v *= to_float(w[j]);
-      yr[j] = from_float<T>(v);
+    // The second read of the row hits the cache.
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+      const Pack<T, N> a = load_pack<T, N>(xr, j);
+      Pack<T, N> wv;
+      if constexpr (kWeighted) wv = load_pack<T, N>(w, j);
+      Pack<T, N> o;
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        float v = to_float(a.v[e]) * rs;
+        if constexpr (kWeighted) v *= to_float(wv.v[e]);
+        o.v[e] = from_float<T>(v);
+      }
+      store_pack<T, N>(yr, j, o);
     }
   }
 }
 
-template <typename T, bool kWeighted>
+template <typename T, bool kWeighted, int N>
 __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy,
-                                        int64_t rows, int d, T* dx, float* dw) {
+                                        int64_t rows, int d, T* dx, float* dw_partial) {
   extern __shared__ float dw_part[];  // [d] when weighted
   __shared__ float scratch[32];
+  const int packs = d / N;
   if constexpr (kWeighted) {
-    for (int j = threadIdx.x; j < d; j += blockDim.x) dw_part[j] = 0;
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+#pragma unroll
+      for (int e = 0; e < N; ++e) dw_part[j * N + e] = 0;
+    }
   }
   const float inv_d = 1.0f / static_cast<float>(d);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -46,27 +66,60 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
     T* dxr = dx + r * d;
     const float rs = rstd[r];
     float dot = 0;  // sum_j x_hat_j * w_j * dy_j
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      const float g = to_float(gr[j]);
-      const float wg = kWeighted ? to_float(w[j]) * g : g;
-      dot += to_float(xr[j]) * rs * wg;
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+      const Pack<T, N> a = load_pack<T, N>(xr, j), g = load_pack<T, N>(gr, j);
+      Pack<T, N> wv;
+      if constexpr (kWeighted) wv = load_pack<T, N>(w, j);
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const float gf = to_float(g.v[e]);
+        const float wg = kWeighted ? to_float(wv.v[e]) * gf : gf;
+        dot += to_float(a.v[e]) * rs * wg;
+      }
     }
     const float mean = block_sum(dot, scratch) * inv_d;
-    // The same thread reads x_j and dy_j, then writes dx_j: dx may share storage with x or dy.
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      const float xh = to_float(xr[j]) * rs;
-      const float g = to_float(gr[j]);
-      if constexpr (kWeighted) dw_part[j] += g * xh;
-      const float wg = kWeighted ? to_float(w[j]) * g : g;
-      dxr[j] = from_float<T>(rs * (wg - xh * mean));
+    // The same thread reads x_j and dy_j, then writes dx_j (after the block-wide reduction), so
+    // dx may share storage with x or dy.
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+      const Pack<T, N> a = load_pack<T, N>(xr, j), g = load_pack<T, N>(gr, j);
+      Pack<T, N> wv;
+      if constexpr (kWeighted) wv = load_pack<T, N>(w, j);
+      Pack<T, N> o;
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const float xh = to_float(a.v[e]) * rs;
+        const float gf = to_float(g.v[e]);
+        if constexpr (kWeighted) dw_part[j * N + e] += gf * xh;
+        const float wg = kWeighted ? to_float(wv.v[e]) * gf : gf;
+        o.v[e] = from_float<T>(rs * (wg - xh * mean));
+      }
+      store_pack<T, N>(dxr, j, o);
     }
   }
   if constexpr (kWeighted) {
-    for (int j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(dw + j, dw_part[j]);
+    float* out = dw_partial + static_cast<int64_t>(blockIdx.x) * d;
+    for (int j = threadIdx.x; j < packs; j += blockDim.x) {
+#pragma unroll
+      for (int e = 0; e < N; ++e) out[j * N + e] = dw_part[j * N + e];
+    }
   }
 }
 
-int row_block(int64_t d) { return d >= 2048 ? 512 : (d >= 512 ? 256 : (d >= 128 ? 128 : 32)); }
+// dw[j] += sum over blocks b (in order) of partial[b, j].
+__global__ void sum_dw_partials(const float* partial, int blocks, int d, float* dw) {
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x) {
+    float s = 0;
+    for (int b = 0; b < blocks; ++b) s += partial[static_cast<int64_t>(b) * d + j];
+    dw[j] += s;
+  }
+}
+
+// Threads per row: enough for one pack each up to 512.
+int row_block(int packs) {
+  int b = 32;
+  while (b < packs && b < 512) b *= 2;
+  return b;
+}
 
 void check_norm_args(const Tensor& x, const Tensor& w, const Tensor& rstd, const char* op) {
   check_float(x, op, "x");
@@ -87,6 +140,16 @@ void check_norm_args(const Tensor& x, const Tensor& w, const Tensor& rstd, const
       << shape_str(x.shape()) << " (" << x.numel() / d << " rows)";
 }
 
+// Whether rows of D elements of T can move in 16-byte packs for all of these tensors.
+template <typename T>
+bool packable(int d, std::initializer_list<const Tensor*> ts) {
+  if (d % kVec<T> != 0) return false;
+  for (const Tensor* t : ts) {
+    if (t->defined() && !aligned16(t->raw())) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
@@ -98,16 +161,23 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   const int64_t rows = x.numel() / d;
   if (rows == 0) return;
   OnDevice dev(x);
-  const int block = row_block(d);
-  const int grid = grid_for(rows * block, block, dev.index, 8);
+  const float e = static_cast<float>(eps);
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    auto launch = [&](auto kernel, int pack) {
+      const int block = row_block(d / pack);
+      const int grid = grid_for(rows * block, block, dev.index, 2048 / block);
+      kernel<<<grid, block, 0, dev.stream>>>(ptr<T>(x), w.defined() ? ptr<T>(w) : nullptr, e, rows,
+                                             d, ptr<T>(y), rstd.data<float>());
+    };
+    constexpr int V = kVec<T>;
+    const bool vec = packable<T>(d, {&x, &w, &y});
     if (w.defined()) {
-      rmsnorm_forward_kernel<T, true><<<grid, block, 0, dev.stream>>>(
-          ptr<T>(x), ptr<T>(w), static_cast<float>(eps), rows, d, ptr<T>(y), rstd.data<float>());
+      vec ? launch(rmsnorm_forward_kernel<T, true, V>, V)
+          : launch(rmsnorm_forward_kernel<T, true, 1>, 1);
     } else {
-      rmsnorm_forward_kernel<T, false><<<grid, block, 0, dev.stream>>>(
-          ptr<T>(x), nullptr, static_cast<float>(eps), rows, d, ptr<T>(y), rstd.data<float>());
+      vec ? launch(rmsnorm_forward_kernel<T, false, V>, V)
+          : launch(rmsnorm_forward_kernel<T, false, 1>, 1);
     }
   });
   CUDA_CHECK_LAUNCH();
@@ -129,23 +199,38 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   const int64_t rows = x.numel() / d;
   if (rows == 0) return;
   OnDevice dev(x);
-  const int block = row_block(d);
-  // Fewer blocks than the forward: each block ends with D atomics into dw.
-  const int grid = grid_for(rows * block, block, dev.index, 2);
   const size_t smem = w.defined() ? static_cast<size_t>(d) * sizeof(float) : 0;
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if (w.defined()) {
-      auto kernel = rmsnorm_backward_kernel<T, true>;
-      if (smem > 48 * 1024) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
+    auto launch = [&](auto kernel, int pack) {
+      const int block = row_block(d / pack);
+      // A full multiprocessor of threads; the [grid, D] partials cost a few % of the traffic.
+      const int grid = grid_for(rows * block, block, dev.index, 2048 / block);
+      Tensor partial;
+      if (w.defined()) {
+        partial = Tensor::empty({grid, d}, DType::kF32, x.device());
+        if (smem > 48 * 1024) {
+          CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+        }
       }
-      kernel<<<grid, block, smem, dev.stream>>>(ptr<T>(x), ptr<T>(w), rstd.data<float>(),
-                                                ptr<T>(dy), rows, d, ptr<T>(dx), dw.data<float>());
+      kernel<<<grid, block, smem, dev.stream>>>(ptr<T>(x), w.defined() ? ptr<T>(w) : nullptr,
+                                                rstd.data<float>(), ptr<T>(dy), rows, d, ptr<T>(dx),
+                                                w.defined() ? partial.data<float>() : nullptr);
+      CUDA_CHECK_LAUNCH();
+      if (w.defined()) {
+        sum_dw_partials<<<grid_for(d, 256, dev.index, 4), 256, 0, dev.stream>>>(
+            partial.data<float>(), grid, d, dw.data<float>());
+      }
+    };
+    constexpr int V = kVec<T>;
+    const bool vec = packable<T>(d, {&x, &w, &dy, &dx});
+    if (w.defined()) {
+      vec ? launch(rmsnorm_backward_kernel<T, true, V>, V)
+          : launch(rmsnorm_backward_kernel<T, true, 1>, 1);
     } else {
-      rmsnorm_backward_kernel<T, false><<<grid, block, 0, dev.stream>>>(
-          ptr<T>(x), nullptr, rstd.data<float>(), ptr<T>(dy), rows, d, ptr<T>(dx), nullptr);
+      vec ? launch(rmsnorm_backward_kernel<T, false, V>, V)
+          : launch(rmsnorm_backward_kernel<T, false, 1>, 1);
     }
   });
   CUDA_CHECK_LAUNCH();
