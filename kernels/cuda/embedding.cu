@@ -1,6 +1,7 @@
 // CUDA embedding (kernels/embedding.h): one block per token row (grid-stride), a row copied by
-// the block's threads, coalesced. The backward adds rows into an f32 dtable with atomics, so
-// repeated ids sum in an order that varies from run to run (f32 rounding differences only).
+// the block's threads in 16-byte pieces where the rows allow. The backward adds rows into an f32
+// dtable with atomics, so repeated ids sum in an order that varies from run to run (f32 rounding
+// differences only).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ids.h"
 #include "kernels/cuda/ops.h"
@@ -12,13 +13,16 @@ const char* kIdHint =
     "token ids must lie in [0, model.vocab_size); raise model.vocab_size to cover the dataset's "
     "tokenizer";
 
-template <typename T>
-__global__ void embedding_forward_kernel(const int32_t* ids, const T* table, int64_t n, int64_t d,
-                                         T* y) {
+// Rows of D = packs * N elements; N = kVec<T> (16-byte copies) where D and the pointers allow.
+template <typename T, int N>
+__global__ void embedding_forward_kernel(const int32_t* ids, const T* table, int64_t n,
+                                         int64_t packs, T* y) {
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-    const T* src = table + static_cast<int64_t>(ids[row]) * d;
-    T* dst = y + row * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dst[j] = src[j];
+    const T* src = table + static_cast<int64_t>(ids[row]) * packs * N;
+    T* dst = y + row * packs * N;
+    for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+      store_pack<T, N>(dst, j, load_pack<T, N>(src, j));
+    }
   }
 }
 
@@ -32,7 +36,7 @@ __global__ void embedding_backward_kernel(const int32_t* ids, const T* dy, int64
   }
 }
 
-int row_block(int64_t d) { return d >= 512 ? 256 : (d >= 128 ? 128 : 32); }
+int row_block(int64_t d) { return d >= 512 ? 256 : (d >= 128 ? 128 : 32); }  // d: items a row
 
 void check_rows(const Tensor& ids, const Tensor& table, const Tensor& act, const char* op,
                 const char* table_name, const char* act_name) {
@@ -59,12 +63,17 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y) {
   check_ids_in_range(ids, vocab, false, 0, op, "token", "position", kIdHint);
   if (n == 0 || d == 0) return;
   OnDevice dev(table);
-  const int block = row_block(d);
   const int grid = static_cast<int>(n < 65536 ? n : 65536);
   dispatch(table.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    embedding_forward_kernel<<<grid, block, 0, dev.stream>>>(ids.data<int32_t>(), ptr<T>(table), n,
-                                                             d, ptr<T>(y));
+    constexpr int V = kVec<T>;
+    if (d % V == 0 && aligned16(table.raw()) && aligned16(y.raw())) {
+      embedding_forward_kernel<T, V><<<grid, row_block(d / V), 0, dev.stream>>>(
+          ids.data<int32_t>(), ptr<T>(table), n, d / V, ptr<T>(y));
+    } else {
+      embedding_forward_kernel<T, 1><<<grid, row_block(d), 0, dev.stream>>>(
+          ids.data<int32_t>(), ptr<T>(table), n, d, ptr<T>(y));
+    }
   });
   CUDA_CHECK_LAUNCH();
 }

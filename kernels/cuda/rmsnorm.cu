@@ -50,13 +50,15 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* w, float eps, int64_
 template <typename T, bool kWeighted, int N>
 __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rstd, const T* dy,
                                         int64_t rows, int d, T* dx, float* dw_partial) {
-  extern __shared__ float dw_part[];  // [d] when weighted
+  // [N][packs] when weighted: element e of pack j at e * packs + j, so that the threads of a warp
+  // (consecutive j) touch consecutive words, free of bank conflicts.
+  extern __shared__ float dw_part[];
   __shared__ float scratch[32];
   const int packs = d / N;
   if constexpr (kWeighted) {
     for (int j = threadIdx.x; j < packs; j += blockDim.x) {
 #pragma unroll
-      for (int e = 0; e < N; ++e) dw_part[j * N + e] = 0;
+      for (int e = 0; e < N; ++e) dw_part[e * packs + j] = 0;
     }
   }
   const float inv_d = 1.0f / static_cast<float>(d);
@@ -89,7 +91,7 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
       for (int e = 0; e < N; ++e) {
         const float xh = to_float(a.v[e]) * rs;
         const float gf = to_float(g.v[e]);
-        if constexpr (kWeighted) dw_part[j * N + e] += gf * xh;
+        if constexpr (kWeighted) dw_part[e * packs + j] += gf * xh;
         const float wg = kWeighted ? to_float(wv.v[e]) * gf : gf;
         o.v[e] = from_float<T>(rs * (wg - xh * mean));
       }
@@ -100,7 +102,7 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
     float* out = dw_partial + static_cast<int64_t>(blockIdx.x) * d;
     for (int j = threadIdx.x; j < packs; j += blockDim.x) {
 #pragma unroll
-      for (int e = 0; e < N; ++e) out[j * N + e] = dw_part[j * N + e];
+      for (int e = 0; e < N; ++e) out[j * N + e] = dw_part[e * packs + j];
     }
   }
 }

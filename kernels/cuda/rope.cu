@@ -1,6 +1,7 @@
 // CUDA RoPE (kernels/rope.h). A [T, D/2] table of (cos, sin) is built first, angles and both
 // functions in f64 and rounded to f32 as the CPU does; then every channel pair of every
-// (batch, token, head) turns in f32. Each pair is read before it is written: in place is safe.
+// (batch, token, head) turns in f32, 16-byte packs of pairs where D/2 allows. Each pair is read
+// before it is written by the same thread: in place is safe.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -24,18 +25,30 @@ __global__ void rope_table_kernel(int64_t seq, int64_t half, int64_t d, double t
   }
 }
 
-template <typename T>
-__global__ void rope_apply_kernel(const T* src, const float2* table, int64_t pairs, int64_t seq,
-                                  int64_t heads, int64_t half, T* dst) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < pairs;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = idx % half, head_row = idx / half;  // head_row = (b * T + t) * H + h
-    const int64_t t = (head_row / heads) % seq;
-    const int64_t base = head_row * 2 * half;
-    const float2 cs = table[t * half + i];
-    const float x1 = to_float(src[base + i]), x2 = to_float(src[base + half + i]);
-    dst[base + i] = from_float<T>(x1 * cs.x - x2 * cs.y);
-    dst[base + half + i] = from_float<T>(x2 * cs.x + x1 * cs.y);
+// One thread per N consecutive pairs (i .. i+N-1 with their partners i+D/2 ..) of one
+// (batch, token, head) row; 32-bit index arithmetic (the launch checks that it fits).
+template <typename T, int N>
+__global__ void rope_apply_kernel(const T* src, const float2* table, uint32_t items, uint32_t seq,
+                                  uint32_t heads, uint32_t half, T* dst) {
+  const uint32_t packs = half / N;
+  for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < items;
+       idx += gridDim.x * blockDim.x) {
+    const uint32_t p = idx % packs, head_row = idx / packs;  // head_row = (b * T + t) * H + h
+    const uint32_t t = (head_row / heads) % seq;
+    const T* in = src + static_cast<int64_t>(head_row) * 2 * half;
+    T* out = dst + static_cast<int64_t>(head_row) * 2 * half;
+    const Pack<T, N> a = load_pack<T, N>(in, p), b = load_pack<T, N>(in + half, p);
+    const float2* cs = table + static_cast<int64_t>(t) * half + p * N;
+    Pack<T, N> ya, yb;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const float2 c = cs[e];
+      const float x1 = to_float(a.v[e]), x2 = to_float(b.v[e]);
+      ya.v[e] = from_float<T>(x1 * c.x - x2 * c.y);
+      yb.v[e] = from_float<T>(x2 * c.x + x1 * c.y);
+    }
+    store_pack<T, N>(out, p, ya);
+    store_pack<T, N>(out + half, p, yb);
   }
 }
 
@@ -63,10 +76,22 @@ void rotate(const Tensor& in, const RopeParams& p, double sign, Tensor& out) {
   rope_table_kernel<<<grid_for(seq * half, block, dev.index), block, 0, dev.stream>>>(
       seq, half, in.dim(3), p.theta, p.pos_offset, sign, cs);
   CUDA_CHECK_LAUNCH();
+  LINEA_CHECK(pairs < (int64_t(1) << 31)) << "rope: " << pairs << " channel pairs in one call";
   dispatch(in.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    rope_apply_kernel<<<grid_for(pairs, block, dev.index), block, 0, dev.stream>>>(
-        ptr<T>(in), cs, pairs, seq, heads, half, ptr<T>(out));
+    constexpr int V = kVec<T>;
+    // Packs need D/2 to be whole 16-byte pieces, so that both halves of a row stay aligned.
+    const bool vec = half % V == 0 && aligned16(in.raw()) && aligned16(out.raw());
+    const int n_pack = vec ? V : 1;
+    const uint32_t items = static_cast<uint32_t>(pairs / n_pack);
+    const int grid = grid_for(items, block, dev.index);
+    if (vec) {
+      rope_apply_kernel<T, V>
+          <<<grid, block, 0, dev.stream>>>(ptr<T>(in), cs, items, seq, heads, half, ptr<T>(out));
+    } else {
+      rope_apply_kernel<T, 1>
+          <<<grid, block, 0, dev.stream>>>(ptr<T>(in), cs, items, seq, heads, half, ptr<T>(out));
+    }
   });
   CUDA_CHECK_LAUNCH();
 }

@@ -88,22 +88,24 @@ TEST(SwigluCuda, ForwardBackwardMatchCpu) {
 TEST(RopeCuda, ForwardBackwardMatchCpuWithOffset) {
   LINEA_REQUIRE_CUDA();
   for (DType dt : {DType::kF32, DType::kBF16}) {
-    const Shape s{2, 300, 3, 64};
-    kernels::RopeParams p;
-    p.theta = 500000.0;
-    p.pos_offset = 70000;  // a late sequence-parallel shard: large angles must stay exact
-    Tensor x = random_cuda(s, 20, dt);
-    Tensor y = poisoned_cuda(s, dt);
-    kernels::rope_forward(x, p, y);
-    Tensor y_ref = Tensor::empty(s, DType::kF64);
-    kernels::rope_forward(ref64(x), p, y_ref);
-    EXPECT_LT(rel_err(y, y_ref), tol_for(dt)) << dtype_name(dt);
-    // Backward in place: dx = R^T dy written over dy.
-    Tensor dy = random_cuda(s, 21, dt);
-    Tensor dx_ref = Tensor::empty(s, DType::kF64);
-    kernels::rope_backward(ref64(dy), p, dx_ref);
-    kernels::rope_backward(dy, p, dy);
-    EXPECT_LT(rel_err(dy, dx_ref), tol_for(dt)) << dtype_name(dt);
+    for (int64_t d : {64, 20}) {  // 20: D/2 = 10 is no whole 16-byte piece
+      const Shape s{2, 300, 3, d};
+      kernels::RopeParams p;
+      p.theta = 500000.0;
+      p.pos_offset = 70000;  // a late sequence-parallel shard: large angles must stay exact
+      Tensor x = random_cuda(s, 20, dt);
+      Tensor y = poisoned_cuda(s, dt);
+      kernels::rope_forward(x, p, y);
+      Tensor y_ref = Tensor::empty(s, DType::kF64);
+      kernels::rope_forward(ref64(x), p, y_ref);
+      EXPECT_LT(rel_err(y, y_ref), tol_for(dt)) << dtype_name(dt);
+      // Backward in place: dx = R^T dy written over dy.
+      Tensor dy = random_cuda(s, 21, dt);
+      Tensor dx_ref = Tensor::empty(s, DType::kF64);
+      kernels::rope_backward(ref64(dy), p, dx_ref);
+      kernels::rope_backward(dy, p, dy);
+      EXPECT_LT(rel_err(dy, dx_ref), tol_for(dt)) << dtype_name(dt);
+    }
   }
 }
 
