@@ -2,12 +2,14 @@
 // per row reads the row once in its storage dtype (16-byte loads where the row allows), keeps
 // an online (max, sum of exp) per thread, and merges them over the block. No f32 copy of the
 // logits is ever made; lse is f32. The per-row losses are summed in f64 in a fixed order.
-// The backward is one more pass per row and may write in place (dlogits = logits).
+// Targets are checked in the same pass (one read-back for loss, count and check); a bad target
+// is the CPU's user error, raised after the kernels ran (only lse has been written then).
+// The backward is one more pass per row and may write in place (dlogits = logits); it trusts
+// the targets its forward checked and waits for nothing.
 #include <cmath>
 
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/ids.h"
 #include "kernels/cuda/ops.h"
 
 namespace linea::kernels::cuda {
@@ -112,12 +114,38 @@ __global__ void ce_forward_kernel(const T* z, const int32_t* targets, int64_t ro
   }
 }
 
-__global__ void sum_rows(const float* row_loss, int64_t rows, double* out) {
+// The forward's one read-back: the loss sum, the first row whose target is out of range
+// (UINT64_MAX when none) and the number of rows not ignored.
+struct CeTotals {
+  double sum;
+  unsigned long long first_bad;
+  unsigned long long valid;
+};
+
+// One block: sums the row losses in f64 in a fixed order and checks every target.
+__global__ void ce_totals(const float* row_loss, const int32_t* targets, int64_t rows,
+                          int64_t vocab, CeTotals* out) {
   __shared__ double scratch[32];
+  __shared__ unsigned long long counts[32];
   double s = 0;
-  for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) s += row_loss[i];
+  unsigned long long valid = 0, bad = ~0ull;
+  for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    s += row_loss[i];
+    const int32_t t = targets[i];
+    if (t == kIgnoreIndex) continue;
+    if (t >= 0 && t < vocab) {
+      ++valid;
+    } else if (static_cast<unsigned long long>(i) < bad) {
+      bad = static_cast<unsigned long long>(i);
+    }
+  }
   s = block_sum(s, scratch);
-  if (threadIdx.x == 0) *out = s;
+  valid = block_sum(valid, counts);
+  if (bad != ~0ull) atomicMin(&out->first_bad, bad);  // first_bad preset to UINT64_MAX
+  if (threadIdx.x == 0) {
+    out->sum = s;
+    out->valid = valid;
+  }
 }
 
 template <typename T>
@@ -194,13 +222,16 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor
   const char* op = "cross_entropy_forward";
   const int64_t rows = check_ce_args(logits, targets, lse, op);
   const int64_t vocab = logits.dim(-1);
-  const int64_t valid =
-      check_ids_in_range(targets, vocab, true, kIgnoreIndex, op, "target", "row", kTargetHint);
-  if (n_valid) *n_valid = valid;
-  if (rows == 0) return 0.0;
+  if (rows == 0) {
+    if (n_valid) *n_valid = 0;
+    return 0.0;
+  }
   OnDevice dev(logits);
-  Tensor row_loss = Tensor::empty({rows + 2}, DType::kF32, logits.device());
-  Tensor total = Tensor::empty({1}, DType::kF64, logits.device());
+  Tensor row_loss = Tensor::empty({rows}, DType::kF32, logits.device());
+  static_assert(sizeof(CeTotals) <= 4 * sizeof(int64_t), "CeTotals fits 4 i64");
+  Tensor totals_buf = Tensor::empty({4}, DType::kI64, logits.device());
+  auto* totals = static_cast<CeTotals*>(totals_buf.raw());
+  CUDA_CHECK(cudaMemsetAsync(&totals->first_bad, 0xff, sizeof(unsigned long long), dev.stream));
   const bool vec = rows_vectorizable(logits);
   dispatch(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -209,13 +240,21 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor
         row_loss.data<float>());
   });
   CUDA_CHECK_LAUNCH();
-  sum_rows<<<1, 1024, 0, dev.stream>>>(row_loss.data<float>(), rows, total.data<double>());
+  ce_totals<<<1, 1024, 0, dev.stream>>>(row_loss.data<float>(), targets.data<int32_t>(), rows,
+                                        vocab, totals);
   CUDA_CHECK_LAUNCH();
-  double sum = 0;
-  CUDA_CHECK(
-      cudaMemcpyAsync(&sum, total.raw(), sizeof(double), cudaMemcpyDeviceToHost, dev.stream));
+  CeTotals host{};
+  CUDA_CHECK(cudaMemcpyAsync(&host, totals, sizeof(CeTotals), cudaMemcpyDeviceToHost, dev.stream));
   CUDA_CHECK(cudaStreamSynchronize(dev.stream));
-  return valid ? sum / static_cast<double>(valid) : 0.0;
+  if (host.first_bad != ~0ull) {
+    const int64_t at = static_cast<int64_t>(host.first_bad);
+    LINEA_USER_CHECK(false, kTargetHint)
+        << op << ": target id " << static_cast<int64_t>(targets.item(at)) << " at row " << at
+        << " is outside [0, " << vocab << ") (vocab size " << vocab << ")";
+  }
+  const int64_t valid = static_cast<int64_t>(host.valid);
+  if (n_valid) *n_valid = valid;
+  return valid ? host.sum / static_cast<double>(valid) : 0.0;
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,

@@ -107,12 +107,25 @@ __global__ void rmsnorm_backward_kernel(const T* x, const T* w, const float* rst
   }
 }
 
-// dw[j] += sum over blocks b (in order) of partial[b, j].
+// dw[j] += sum over blocks b of partial[b, j], in a fixed order: a block of 32 x kSumRows threads
+// takes 32 columns; thread row y sums b = y, y + kSumRows, ... and the kSumRows partial sums are
+// then added in order of y.
+constexpr int kSumRows = 32;
+
 __global__ void sum_dw_partials(const float* partial, int blocks, int d, float* dw) {
-  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x) {
-    float s = 0;
-    for (int b = 0; b < blocks; ++b) s += partial[static_cast<int64_t>(b) * d + j];
-    dw[j] += s;
+  __shared__ float part[kSumRows][33];
+  const int j = blockIdx.x * 32 + threadIdx.x;
+  float s = 0;
+  if (j < d) {
+    for (int b = threadIdx.y; b < blocks; b += kSumRows)
+      s += partial[static_cast<int64_t>(b) * d + j];
+  }
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < d) {
+    float total = 0;
+    for (int y = 0; y < kSumRows; ++y) total += part[y][threadIdx.x];
+    dw[j] += total;
   }
 }
 
@@ -221,7 +234,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
                                                 w.defined() ? partial.data<float>() : nullptr);
       CUDA_CHECK_LAUNCH();
       if (w.defined()) {
-        sum_dw_partials<<<grid_for(d, 256, dev.index, 4), 256, 0, dev.stream>>>(
+        sum_dw_partials<<<(d + 31) / 32, dim3(32, kSumRows), 0, dev.stream>>>(
             partial.data<float>(), grid, d, dw.data<float>());
       }
     };
