@@ -14,6 +14,7 @@
 
 #include "core/tensor/tensor.h"
 #include "kernels/adamw.h"
+#include "kernels/feature_map.h"
 #include "kernels/rope.h"
 
 namespace linea::kernels::cuda {
@@ -32,6 +33,14 @@ void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable);
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
                       Tensor& dx, Tensor& dw);
+
+// kernels/l2norm.h (the weightless row norm with a sum; rstd f32)
+void l2norm_forward(const Tensor& x, double eps, Tensor& y, Tensor& rstd);
+void l2norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tensor& dx);
+
+// kernels/feature_map.h
+void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y);
+void feature_map_backward(FeatureMap f, const Tensor& x, const Tensor& dy, Tensor& dx);
 
 // kernels/swiglu.h
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);

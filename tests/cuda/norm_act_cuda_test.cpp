@@ -1,4 +1,6 @@
-// RMSNorm, SwiGLU and RoPE on CUDA against the CPU reference in f64.
+// RMSNorm, the L2 norm, feature maps, SwiGLU and RoPE on CUDA against the CPU reference in f64.
+#include "kernels/feature_map.h"
+#include "kernels/l2norm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -60,6 +62,54 @@ TEST(RmsNormCuda, BackwardInPlaceOverDy) {
   kernels::rmsnorm_backward(x, w, rstd, dy, dy, dw2);  // dx = dy
   EXPECT_EQ(max_abs_diff(dy.cpu(), dx.cpu()), 0.0);
   EXPECT_EQ(max_abs_diff(dw1.cpu(), dw2.cpu()), 0.0);
+}
+
+TEST(L2NormCuda, ForwardBackwardMatchCpu) {
+  LINEA_REQUIRE_CUDA();
+  uint64_t seed = 300;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (int64_t d : {128, 33}) {  // 33: no 16-byte packs
+      const Shape s{4, 50, 3, d};
+      Tensor x = random_cuda(s, ++seed, dt);
+      Tensor y = poisoned_cuda(s, dt), rstd = poisoned_cuda({4, 50, 3}, DType::kF32);
+      kernels::l2norm_forward(x, 1e-6, y, rstd);
+      Tensor y_ref = Tensor::empty(s, DType::kF64),
+             rstd_ref = Tensor::empty({4, 50, 3}, DType::kF64);
+      kernels::l2norm_forward(ref64(x), 1e-6, y_ref, rstd_ref);
+      EXPECT_LT(rel_err(y, y_ref), tol_for(dt)) << dtype_name(dt) << " D " << d;
+      EXPECT_LT(rel_err(rstd, rstd_ref), kTolF32) << dtype_name(dt) << " D " << d;
+      Tensor dy = random_cuda(s, ++seed, dt);
+      Tensor dx = poisoned_cuda(s, dt), dx_ref = Tensor::empty(s, DType::kF64);
+      kernels::l2norm_backward(x, rstd, dy, dx);
+      kernels::l2norm_backward(ref64(x), rstd_ref, ref64(dy), dx_ref);
+      EXPECT_LT(rel_err(dx, dx_ref), tol_for(dt)) << dtype_name(dt) << " D " << d;
+    }
+  }
+}
+
+TEST(FeatureMapCuda, ForwardBackwardMatchCpu) {
+  LINEA_REQUIRE_CUDA();
+  using kernels::FeatureMap;
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    for (FeatureMap f : {FeatureMap::kIdentity, FeatureMap::kEluPlusOne, FeatureMap::kRelu}) {
+      const Shape s{5, 77, 9};  // 3465 elements: packs and a tail
+      Tensor x = random_cuda(s, 310, dt, 2.0), dy = random_cuda(s, 311, dt);
+      Tensor y = poisoned_cuda(s, dt), dx = poisoned_cuda(s, dt);
+      kernels::feature_map_forward(f, x, y);
+      kernels::feature_map_backward(f, x, dy, dx);
+      Tensor y_ref = Tensor::empty(s, DType::kF64), dx_ref = Tensor::empty(s, DType::kF64);
+      kernels::feature_map_forward(f, ref64(x), y_ref);
+      kernels::feature_map_backward(f, ref64(x), ref64(dy), dx_ref);
+      const int fi = static_cast<int>(f);
+      EXPECT_LT(rel_err(y, y_ref), tol_for(dt)) << dtype_name(dt) << " map " << fi;
+      EXPECT_LT(rel_err(dx, dx_ref), tol_for(dt)) << dtype_name(dt) << " map " << fi;
+      // An unaligned view takes the element-by-element path.
+      Tensor ys = y.slice(1, 5);
+      ys.fill_(std::nan(""));
+      kernels::feature_map_forward(f, x.slice(1, 5), ys);
+      EXPECT_LT(rel_err(ys, y_ref.slice(1, 5)), tol_for(dt)) << dtype_name(dt) << " map " << fi;
+    }
+  }
 }
 
 TEST(SwigluCuda, ForwardBackwardMatchCpu) {
