@@ -12,7 +12,8 @@ cudaStream_t current_stream(int device);
 // Waits for all work queued on the current stream of `device`.
 void synchronize(int device);
 
-// Makes `stream` the current stream of `device` for the scope.
+// Makes `stream` the current stream of `device` for the scope. The current stream is process-wide
+// (not per thread): one thread drives a device.
 class StreamGuard {
  public:
   StreamGuard(int device, cudaStream_t stream);
