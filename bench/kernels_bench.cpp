@@ -150,6 +150,11 @@ void loss_embed_benches() {
   Tensor e = Tensor::empty({tokens, d}, DType::kBF16, kGpu);
   bench("embedding_fwd (+id check)", "32768 x 1024 bf16", 2 * 2.0 * tokens * d, false,
         [&] { linea::kernels::embedding_forward(tid, table, e); });
+  Tensor de = randn({tokens, d}, DType::kBF16, 17);
+  Tensor dtable = Tensor::zeros({vocab, d}, DType::kF32, kGpu);
+  // Bytes: dy read, and the touched dtable rows read and written (every id distinct here).
+  bench("embedding_bwd (+id check, sort)", "32768 x 1024 bf16 -> f32", (2.0 + 8.0) * tokens * d,
+        false, [&] { linea::kernels::embedding_backward(tid, de, dtable); });
 }
 
 void optim_benches() {

@@ -1,7 +1,9 @@
 // CUDA embedding (kernels/embedding.h): one block per token row (grid-stride), a row copied by
-// the block's threads in 16-byte pieces where the rows allow. The backward adds rows into an f32
-// dtable with atomics, so repeated ids sum in an order that varies from run to run (f32 rounding
-// differences only).
+// the block's threads in 16-byte pieces where the rows allow. The backward sorts the ids stably
+// (cub radix sort) and lets one block per distinct id sum its rows in position order into the f32
+// dtable: deterministic, no atomics.
+#include <cub/device/device_radix_sort.cuh>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ids.h"
 #include "kernels/cuda/ops.h"
@@ -26,13 +28,30 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const T* table, int
   }
 }
 
+__global__ void iota_kernel(int32_t* p, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    p[i] = static_cast<int32_t>(i);
+  }
+}
+
+// sorted_ids / order: the ids sorted stably and the positions they came from. The block at the
+// start of each run of one id sums that id's dy rows in position order and adds the sum to its
+// dtable row: no atomics, the same bits every run.
 template <typename T>
-__global__ void embedding_backward_kernel(const int32_t* ids, const T* dy, int64_t n, int64_t d,
-                                          float* dtable) {
-  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-    float* dst = dtable + static_cast<int64_t>(ids[row]) * d;
-    const T* src = dy + row * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(dst + j, to_float(src[j]));
+__global__ void embedding_backward_kernel(const int32_t* sorted_ids, const int32_t* order,
+                                          const T* dy, int64_t n, int64_t d, float* dtable) {
+  for (int64_t s = blockIdx.x; s < n; s += gridDim.x) {
+    const int32_t id = sorted_ids[s];
+    if (s > 0 && sorted_ids[s - 1] == id) continue;  // the same for the whole block
+    float* dst = dtable + static_cast<int64_t>(id) * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      float acc = 0;
+      for (int64_t r = s; r < n && sorted_ids[r] == id; ++r) {
+        acc += to_float(dy[static_cast<int64_t>(order[r]) * d + j]);
+      }
+      dst[j] += acc;
+    }
   }
 }
 
@@ -85,13 +104,31 @@ void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) {
   const int64_t n = ids.numel(), vocab = dtable.dim(0), d = dtable.dim(1);
   check_ids_in_range(ids, vocab, false, 0, op, "token", "position", kIdHint);
   if (n == 0 || d == 0) return;
+  LINEA_CHECK(n < (int64_t(1) << 31)) << op << ": " << n << " ids in one call";
   OnDevice dev(dtable);
+  // Sort (id, position) pairs by id, stably, over the bits that ids < vocab can use.
+  int bits = 1;
+  while (bits < 31 && (int64_t(1) << bits) < vocab) ++bits;
+  Tensor positions = Tensor::empty({n}, DType::kI32, dtable.device());
+  Tensor sorted_ids = Tensor::empty({n}, DType::kI32, dtable.device());
+  Tensor order = Tensor::empty({n}, DType::kI32, dtable.device());
+  iota_kernel<<<grid_for(n, 256, dev.index), 256, 0, dev.stream>>>(positions.data<int32_t>(), n);
+  CUDA_CHECK_LAUNCH();
+  size_t temp_bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, temp_bytes, ids.data<int32_t>(), sorted_ids.data<int32_t>(),
+      positions.data<int32_t>(), order.data<int32_t>(), static_cast<int>(n), 0, bits, dev.stream));
+  Tensor temp =
+      Tensor::empty({static_cast<int64_t>(temp_bytes / 4 + 1)}, DType::kI32, dtable.device());
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      temp.raw(), temp_bytes, ids.data<int32_t>(), sorted_ids.data<int32_t>(),
+      positions.data<int32_t>(), order.data<int32_t>(), static_cast<int>(n), 0, bits, dev.stream));
   const int block = row_block(d);
   const int grid = static_cast<int>(n < 65536 ? n : 65536);
   dispatch(dy.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    embedding_backward_kernel<<<grid, block, 0, dev.stream>>>(ids.data<int32_t>(), ptr<T>(dy), n, d,
-                                                              dtable.data<float>());
+    embedding_backward_kernel<<<grid, block, 0, dev.stream>>>(
+        sorted_ids.data<int32_t>(), order.data<int32_t>(), ptr<T>(dy), n, d, dtable.data<float>());
   });
   CUDA_CHECK_LAUNCH();
 }

@@ -25,7 +25,7 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor& dx, Tensor& dw);
 
-// kernels/embedding.h (dtable f32; rows added with atomics, so the order of the sum varies).
+// kernels/embedding.h (dtable f32; each id's rows summed in position order: deterministic).
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y);
 void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable);
 

@@ -90,6 +90,20 @@ TEST(EmbeddingCuda, ForwardCopiesRowsBackwardAccumulates) {
   }
 }
 
+TEST(EmbeddingCuda, BackwardIsDeterministic) {
+  LINEA_REQUIRE_CUDA();
+  const int64_t vocab = 50, d = 256, n = 20000;  // about 400 rows per id
+  Tensor ids = random_ids(n, vocab, 54, false).cuda(0);
+  Tensor dy = random_cuda({n, d}, 55, DType::kBF16);
+  Tensor a = Tensor::zeros({vocab, d}, DType::kF32, Device::cuda(0)), b = a.clone();
+  kernels::embedding_backward(ids, dy, a);
+  kernels::embedding_backward(ids, dy, b);
+  EXPECT_EQ(max_abs_diff(a.cpu(), b.cpu()), 0.0);
+  Tensor ref = Tensor::zeros({vocab, d}, DType::kF64);
+  kernels::embedding_backward(ids.cpu(), ref64(dy), ref);
+  EXPECT_LT(rel_err(a, ref), kTolF32);
+}
+
 TEST(EmbeddingCuda, BadIdIsAUserError) {
   LINEA_REQUIRE_CUDA();
   Tensor table = random_cuda({10, 4}, 60, DType::kF32);
