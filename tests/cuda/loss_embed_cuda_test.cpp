@@ -49,11 +49,13 @@ TEST_P(CrossEntropyCuda, ForwardBackwardMatchCpu) {
   EXPECT_LT(rel_err(z, dz_ref), tol_for(dt)) << dtype_name(dt);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropyCuda,
-                         ::testing::Values(CeCase{DType::kF32, 37, 1000},
-                                           CeCase{DType::kBF16, 37, 1001},
-                                           CeCase{DType::kF32, 9, 151936},
-                                           CeCase{DType::kBF16, 9, 151936}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CrossEntropyCuda,
+    ::testing::Values(CeCase{DType::kF32, 37, 1000}, CeCase{DType::kBF16, 37, 1001},
+                      CeCase{DType::kF32, 9, 151936}, CeCase{DType::kBF16, 9, 151936}),
+    [](const ::testing::TestParamInfo<CeCase>& info) {
+      return std::string(dtype_name(info.param.dt)) + "_V" + std::to_string(info.param.vocab);
+    });
 
 TEST(CrossEntropyCudaErrors, BadTargetIsAUserError) {
   LINEA_REQUIRE_CUDA();

@@ -35,7 +35,11 @@ TEST_P(GemmCuda, AllTransposesMatchCpu) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, GemmCuda,
                          ::testing::Values(GemmCase{DType::kF32, DType::kF32},
                                            GemmCase{DType::kBF16, DType::kBF16},
-                                           GemmCase{DType::kBF16, DType::kF32}));
+                                           GemmCase{DType::kBF16, DType::kF32}),
+                         [](const ::testing::TestParamInfo<GemmCase>& info) {
+                           return std::string(dtype_name(info.param.in)) + "_to_" +
+                                  dtype_name(info.param.out);
+                         });
 
 TEST(LinearCuda, ForwardAndBackwardMatchCpu) {
   LINEA_REQUIRE_CUDA();
