@@ -5,6 +5,8 @@
 //   backward: dz_n = dloss * (softmax(z_n) - onehot(t_n)) / n_valid for valid rows, 0 otherwise
 //             (`=`). `dz` may alias `logits` (written in place, to save the [N, V] buffer).
 // logits [N, V] f32/f64, targets i32 [N]; targets outside [0, V) other than ignore are an error.
+// CUDA: logits/dlogits f32 or bf16, read in place (no f32 copy), lse f32; the forward waits for
+// its one read-back (loss, count, target check); the backward trusts the checked targets.
 #pragma once
 
 #include <cstdint>

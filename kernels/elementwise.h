@@ -6,6 +6,8 @@
 //   axpy:       y += alpha * x
 //   scale:      x *= alpha
 //   sum_squares: sum of x^2 in f64 (gradient norms)
+// CUDA: f32 or bf16 with f32 arithmetic on the current stream; sum_squares (f64 partials, fixed
+// order) and all_finite wait for their result.
 #pragma once
 
 #include "core/tensor/tensor.h"

@@ -2,6 +2,8 @@
 //   forward:  y[n, :] = table[ids[n], :]          ids i32 of any shape, y [..., D]
 //   backward: dtable[ids[n], :] += dy[n, :]        (accumulated, `+=`; f64 accumulation not needed)
 // Ids outside [0, V) are a user error (names the id and V).
+// CUDA: table/y f32 or bf16; dtable f32, each id's rows summed in position order after a stable
+// sort of the ids (deterministic); the id check waits for one read-back.
 #pragma once
 
 #include "core/tensor/tensor.h"

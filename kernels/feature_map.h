@@ -2,7 +2,7 @@
 //   identity:  phi(x) = x                      phi'(x) = 1
 //   elu+1:     phi(x) = x + 1 (x > 0), e^x     phi'(x) = 1 (x > 0), e^x
 //   relu:      phi(x) = max(x, 0)              phi'(x) = 1 (x > 0), 0
-// backward: dx = dy * phi'(x) (`=`).
+// backward: dx = dy * phi'(x) (`=`). CPU f32/f64; CUDA f32/bf16, f32 arithmetic, current stream.
 #pragma once
 
 #include "core/tensor/tensor.h"

@@ -4,7 +4,7 @@
 //             rstd (dtype of x, shape = x's shape without D) is saved for the backward.
 //   backward: dx (`=`) = rstd * (dy - y * sum(y * dy)), y = x * rstd.
 // eps sits inside the root, so a zero row maps to zero with a finite gradient (rstd = eps^-1/2).
-// Row reductions in f64. f32 or f64.
+// Row reductions in f64. f32 or f64. CUDA: x, y, dy, dx f32 or bf16, rstd f32, f32 row sums.
 #pragma once
 
 #include "core/tensor/tensor.h"

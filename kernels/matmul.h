@@ -4,6 +4,8 @@
 // linear: y[N, out] = x[N, in] @ W[out, in]^T (weights stored as PyTorch's nn.Linear does).
 //   backward: dx = dy @ W (written, `=`), dW += dy^T @ x (accumulated, `+=`).
 // Leading dimensions of x/y may be any shape; they are flattened to N rows.
+// CUDA (kernels/cuda/ops.h): cuBLAS on the current stream; f32 operands in full f32, bf16
+// operands with f32 accumulation; the output (c, y, dx, dw) may be f32 for bf16 operands.
 #pragma once
 
 #include "core/tensor/tensor.h"

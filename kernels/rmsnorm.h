@@ -4,6 +4,8 @@
 //   backward: dx (`=`) = rstd * (w*dy - x_hat * mean(x_hat * w * dy)), x_hat = x * rstd;
 //             dw += sum_r dy * x_hat (accumulated, `+=`). Row reductions in f64.
 // w may be undefined for a weightless norm (then dw is ignored).
+// CUDA: x, w, y, dy, dx f32 or bf16 (one dtype); rstd and dw f32; f32 row reductions; dw summed
+// over per-block partials in a fixed order (deterministic); current stream.
 #pragma once
 
 #include "core/tensor/tensor.h"

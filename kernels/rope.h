@@ -6,7 +6,8 @@
 // pos_offset = rank * local_length and its rotations match the unsplit sequence.
 // forward:  y = R x; y may be x itself (in place).
 // backward: dx = R^T dy (the inverse rotation), written (`=`); dx may be dy itself.
-// Angles, cos and sin in f64, rounded to the data dtype only when applied. f32 or f64.
+// Angles, cos and sin in f64, rounded to the data dtype only when applied. f32 or f64 on CPU;
+// f32 or bf16 on CUDA (cos/sin rounded to f32, rotation in f32, current stream).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // SwiGLU activation: h = silu(g) * u, silu(g) = g * sigmoid(g). All tensors one shape.
 //   backward: dg = dh * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)));  du = dh * silu(g)  (`=`)
+// CPU f32/f64; CUDA f32/bf16 storage with f32 arithmetic on the current stream.
 #pragma once
 
 #include "core/tensor/tensor.h"

@@ -2,32 +2,17 @@
 
 #include <cmath>
 
+#include "kernels/adamw.h"
 #include "kernels/elementwise.h"
 
 namespace linea {
-namespace {
-
-template <typename T>
-void adamw_update(T* p, const T* g, T* m, T* v, int64_t n, double lr, double b1, double b2,
-                  double eps, double wd, double bc1, double bc2) {
-  for (int64_t i = 0; i < n; ++i) {
-    const double gi = g[i];
-    const double mi = b1 * m[i] + (1 - b1) * gi;
-    const double vi = b2 * v[i] + (1 - b2) * gi * gi;
-    m[i] = static_cast<T>(mi);
-    v[i] = static_cast<T>(vi);
-    const double update = (mi / bc1) / (std::sqrt(vi / bc2) + eps) + wd * p[i];
-    p[i] = static_cast<T>(p[i] - lr * update);
-  }
-}
-
-}  // namespace
 
 AdamW::AdamW(const ParameterList& params, const config::OptimizerConfig& cfg)
     : params_(params), cfg_(cfg) {
   for (const Parameter* p : params_) {
-    m_.push_back(Tensor::zeros(p->value.shape(), p->value.dtype()));
-    v_.push_back(Tensor::zeros(p->value.shape(), p->value.dtype()));
+    // Moments live beside their parameter (on its GPU for CUDA parameters).
+    m_.push_back(Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device()));
+    v_.push_back(Tensor::zeros(p->value.shape(), p->value.dtype(), p->value.device()));
   }
 }
 
@@ -38,20 +23,20 @@ void AdamW::step(double lr) {
   for (size_t i = 0; i < params_.size(); ++i) {
     Parameter& p = *params_[i];
     const double wd = p.weight_decay ? cfg_.weight_decay() : 0.0;
-    const int64_t n = p.value.numel();
-    switch (p.value.dtype()) {
-      case DType::kF32:
-        adamw_update(p.value.data<float>(), p.grad.data<float>(), m_[i].data<float>(),
-                     v_[i].data<float>(), n, lr, b1, b2, cfg_.eps(), wd, bc1, bc2);
-        break;
-      case DType::kF64:
-        adamw_update(p.value.data<double>(), p.grad.data<double>(), m_[i].data<double>(),
-                     v_[i].data<double>(), n, lr, b1, b2, cfg_.eps(), wd, bc1, bc2);
-        break;
-      default:
-        LINEA_CHECK(false) << p.name << ": AdamW on CPU needs f32 or f64, got "
-                           << dtype_name(p.value.dtype());
-    }
+    const bool cpu = p.value.device().is_cpu();
+    const DType dt = p.value.dtype();
+    LINEA_CHECK(dt == DType::kF32 || (cpu && dt == DType::kF64))
+        << p.name << ": AdamW on " << p.value.device().str() << " needs "
+        << (cpu ? "f32 or f64" : "f32 master weights") << ", got " << dtype_name(dt);
+    kernels::AdamWStep s;
+    s.lr = lr;
+    s.beta1 = b1;
+    s.beta2 = b2;
+    s.eps = cfg_.eps();
+    s.weight_decay = wd;
+    s.bias_correction1 = bc1;
+    s.bias_correction2 = bc2;
+    kernels::adamw_step(p.value, p.grad, m_[i], v_[i], s);
   }
 }
 

@@ -1,7 +1,8 @@
 // AdamW with decoupled weight decay (Loshchilov & Hutter 2019), bias-corrected moments:
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + lr * wd * p   (wd where enabled)
-// Moments are kept in f64 on CPU when parameters are f64, otherwise f32 (the master precision).
+// Moments are kept in f64 on CPU when parameters are f64, otherwise f32 (the master precision),
+// on the parameter's device; the update itself is kernels::adamw_step (kernels/adamw.h).
 #pragma once
 
 #include <vector>

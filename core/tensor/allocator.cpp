@@ -5,6 +5,10 @@
 
 #include "core/util/check.h"
 
+#ifdef LINEA_HAS_CUDA
+#include "core/tensor/cuda_allocator.h"
+#endif
+
 namespace linea {
 namespace {
 
@@ -25,6 +29,9 @@ class CpuAllocator final : public Allocator {
 
 Allocator* allocator_for(Device d) {
   static CpuAllocator cpu;
+#ifdef LINEA_HAS_CUDA
+  if (!d.is_cpu()) return cuda::caching_allocator(d.index);
+#endif
   LINEA_USER_CHECK(d.is_cpu(), "this build has no CUDA backend; configure with LINEA_CUDA=ON")
       << "no allocator for device " << d.str();
   return &cpu;

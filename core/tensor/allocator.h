@@ -1,5 +1,6 @@
-// Allocators own raw storage. The CPU allocator hands out 64-byte aligned blocks; a caching CUDA
-// allocator will implement the same interface so that the step loop never calls cudaMalloc.
+// Allocators own raw storage. The CPU allocator hands out 64-byte aligned blocks; the caching
+// CUDA allocator (core/tensor/cuda_allocator.h, LINEA_CUDA builds) implements the same interface
+// so that the step loop never calls cudaMalloc once warm.
 #pragma once
 
 #include <cstddef>

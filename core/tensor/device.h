@@ -1,5 +1,5 @@
-// Where a tensor's storage lives. CUDA devices exist in the type from the start so that the
-// interfaces do not change when the CUDA backend lands; CPU is the only one built today.
+// Where a tensor's storage lives: the CPU, or CUDA device n (built with LINEA_CUDA; a CPU-only
+// build rejects CUDA devices when storage is requested for them).
 #pragma once
 
 #include <string>

@@ -3,6 +3,10 @@
 #include <cstring>
 #include <sstream>
 
+#ifdef LINEA_HAS_CUDA
+#include "core/tensor/cuda_tensor_ops.h"
+#endif
+
 namespace linea {
 
 std::string shape_str(const Shape& s) {
@@ -93,7 +97,11 @@ Tensor Tensor::view(const Shape& shape) const {
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape_, dtype_, device());
-  if (nbytes()) std::memcpy(t.raw(), raw(), nbytes());
+  if (!device().is_cpu()) {
+    t.copy_from(*this);
+  } else if (nbytes()) {
+    std::memcpy(t.raw(), raw(), nbytes());
+  }
   return t;
 }
 
@@ -103,11 +111,32 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == this->device()) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
 void Tensor::zero_() {
-  if (nbytes()) std::memset(raw(), 0, nbytes());
+  if (!nbytes()) return;
+#ifdef LINEA_HAS_CUDA
+  if (!device().is_cpu()) return cuda::zero_bytes(raw(), device().index, nbytes());
+#endif
+  std::memset(raw(), 0, nbytes());
 }
 
 void Tensor::fill_(double value) {
+#ifdef LINEA_HAS_CUDA
+  if (!device().is_cpu()) {
+    // The value in this dtype's bits, built by the CPU path, then replicated on the device.
+    Tensor one = empty({1}, dtype_);
+    one.set_item(0, value);
+    uint64_t pattern = 0;
+    std::memcpy(&pattern, one.raw(), dtype_size(dtype_));
+    return cuda::fill_pattern(raw(), device().index, numel_, dtype_size(dtype_), pattern);
+  }
+#endif
   for (int64_t i = 0; i < numel_; ++i) set_item(i, value);
 }
 
@@ -148,11 +177,32 @@ void store(void* p, int64_t i, double v) {
     static_cast<T*>(p)[i] = static_cast<T>(v);
   }
 }
+#ifdef LINEA_HAS_CUDA
+// A copy with a GPU on at least one side. Conversions run where the data is smaller or already
+// is: on the CPU before an upload, after a download, or on the GPU within one device.
+void copy_with_cuda(Tensor& dst, const Tensor& src) {
+  if (src.dtype() == dst.dtype()) {
+    cuda::copy_bytes(dst.raw(), dst.device(), src.raw(), src.device(), dst.nbytes());
+  } else if (dst.device().is_cpu()) {
+    dst.copy_from(src.cpu());
+  } else if (src.device().is_cpu()) {
+    dst.copy_from(src.to(dst.dtype()));
+  } else if (src.device() == dst.device()) {
+    cuda::convert(src.raw(), src.dtype(), dst.raw(), dst.dtype(), dst.numel(), dst.device().index);
+  } else {
+    dst.copy_from(src.to(dst.device()));
+  }
+}
+#endif
+
 }  // namespace
 
 void Tensor::copy_from(const Tensor& src) {
   LINEA_CHECK(src.numel() == numel_)
       << "copy of " << shape_str(src.shape()) << " into " << shape_str(shape_);
+#ifdef LINEA_HAS_CUDA
+  if (!device().is_cpu() || !src.device().is_cpu()) return copy_with_cuda(*this, src);
+#endif
   if (src.dtype() == dtype_) {
     if (nbytes()) std::memcpy(raw(), src.raw(), nbytes());
     return;
@@ -162,6 +212,9 @@ void Tensor::copy_from(const Tensor& src) {
 
 double Tensor::item(int64_t i) const {
   LINEA_CHECK(i >= 0 && i < numel_) << "index " << i << " of " << numel_;
+#ifdef LINEA_HAS_CUDA
+  if (!device().is_cpu()) return view({numel_}).slice(i, i + 1).cpu().item(0);
+#endif
   double out = 0;
   visit_dtype(dtype_, [&](auto tag) { out = load<decltype(tag)>(raw(), i); });
   return out;
@@ -169,10 +222,15 @@ double Tensor::item(int64_t i) const {
 
 void Tensor::set_item(int64_t i, double v) {
   LINEA_CHECK(i >= 0 && i < numel_) << "index " << i << " of " << numel_;
+#ifdef LINEA_HAS_CUDA
+  LINEA_CHECK(device().is_cpu()) << "set_item on a " << device().str()
+                                 << " tensor: write on the CPU, then copy (copy_from, .cuda())";
+#endif
   visit_dtype(dtype_, [&](auto tag) { store<decltype(tag)>(raw(), i, v); });
 }
 
 std::vector<double> Tensor::to_vector() const {
+  if (!device().is_cpu()) return cpu().to_vector();
   std::vector<double> v(numel_);
   for (int64_t i = 0; i < numel_; ++i) v[i] = item(i);
   return v;

@@ -1,6 +1,11 @@
 // Tensor: a shape, a dtype, a device and contiguous storage shared through a reference count.
 // Views are cheap only along the leading dimension (`slice`) and for reshapes (`view`); every
 // other op writes new storage. Shapes are row-major.
+//
+// CUDA tensors (LINEA_CUDA builds): storage from the caching allocator; zero_, fill_, clone and
+// same-device copies are queued on the device's current stream (core/tensor/cuda_stream.h);
+// copies to or from the CPU return once the data has arrived. Element access (item,
+// to_vector) copies to the host; set_item and from_vector are CPU only.
 #pragma once
 
 #include <cstdint>
@@ -68,11 +73,16 @@ class Tensor {
   Tensor view(const Shape& shape) const;
   // New storage with the same contents.
   Tensor clone() const;
-  // Converted copy (CPU).
+  // Converted copy on the same device (CUDA converts between f32, bf16 and f64 only).
   Tensor to(DType dtype) const;
+  // Copy on `device` with the same dtype; this very tensor (shared storage) when already there.
+  Tensor to(Device device) const;
+  Tensor cuda(int index = 0) const { return to(Device::cuda(index)); }
+  Tensor cpu() const { return to(Device::cpu()); }
   void zero_();
   void fill_(double value);
-  // Element-wise copy from a tensor of the same numel (dtype converted on CPU).
+  // Element-wise copy from a tensor of the same numel, on any devices; dtype converted where
+  // the two differ (on the CPU, or on the GPU between f32, bf16 and f64).
   void copy_from(const Tensor& src);
   // Reads one element as double (CPU; for tests and logging).
   double item(int64_t flat_index = 0) const;

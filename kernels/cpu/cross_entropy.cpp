@@ -46,6 +46,7 @@ int64_t count_valid_targets(const int32_t* t, int64_t rows, int64_t vocab, const
 
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& lse,
                              int64_t* n_valid) {
+  LINEA_ON_CUDA(logits, cross_entropy_forward(logits, targets, lse, n_valid));
   const char* op = "cross_entropy_forward";
   const int64_t rows = check_ce_args(logits, targets, lse, op);
   const int64_t vocab = logits.dim(-1);
@@ -75,6 +76,7 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                             double dloss, int64_t n_valid, Tensor& dlogits) {
+  LINEA_ON_CUDA(logits, cross_entropy_backward(logits, targets, lse, dloss, n_valid, dlogits));
   const char* op = "cross_entropy_backward";
   const int64_t rows = check_ce_args(logits, targets, lse, op);
   cpu::check_same_shape(dlogits, logits, op, "dlogits", "logits");

@@ -9,6 +9,16 @@
 #include "core/tensor/tensor.h"
 #include "core/util/check.h"
 
+#ifdef LINEA_HAS_CUDA
+#include "kernels/cuda/ops.h"
+// First line of a public kernel: hands the whole call to the CUDA fast path of the same name
+// (kernels/cuda/ops.h) when `t` lives on a GPU; the CPU code below it never sees CUDA tensors.
+#define LINEA_ON_CUDA(t, call) \
+  if ((t).defined() && !(t).device().is_cpu()) return ::linea::kernels::cuda::call
+#else
+#define LINEA_ON_CUDA(t, call) static_cast<void>(0)
+#endif
+
 namespace linea::kernels::cpu {
 
 inline std::string describe(const Tensor& t) {

@@ -8,6 +8,7 @@
 namespace linea::kernels {
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  LINEA_ON_CUDA(a, add(a, b, out));
   const char* op = "add";
   cpu::check_float(a, op, "a");
   cpu::check_same_shape(b, a, op, "b", "a");
@@ -22,6 +23,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 }
 
 void add_inplace(Tensor& a, const Tensor& b) {
+  LINEA_ON_CUDA(a, add_inplace(a, b));
   const char* op = "add_inplace";
   cpu::check_float(a, op, "a");
   cpu::check_same_shape(b, a, op, "b", "a");
@@ -42,6 +44,7 @@ void accumulate(Tensor& a, const Tensor& b) {
 }
 
 void axpy(double alpha, const Tensor& x, Tensor& y) {
+  LINEA_ON_CUDA(x, axpy(alpha, x, y));
   const char* op = "axpy";
   cpu::check_float(x, op, "x");
   cpu::check_same_shape(y, x, op, "y", "x");
@@ -55,6 +58,7 @@ void axpy(double alpha, const Tensor& x, Tensor& y) {
 }
 
 void scale(Tensor& x, double alpha) {
+  LINEA_ON_CUDA(x, scale(x, alpha));
   cpu::check_float(x, "scale", "x");
   cpu::dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -65,6 +69,7 @@ void scale(Tensor& x, double alpha) {
 }
 
 double sum_squares(const Tensor& x) {
+  LINEA_ON_CUDA(x, sum_squares(x));
   cpu::check_float(x, "sum_squares", "x");
   return cpu::dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -83,6 +88,7 @@ double sum_squares(const Tensor& x) {
 }
 
 bool all_finite(const Tensor& x) {
+  LINEA_ON_CUDA(x, all_finite(x));
   cpu::check_float(x, "all_finite", "x");
   return cpu::dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);

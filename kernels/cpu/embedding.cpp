@@ -37,6 +37,7 @@ void check_rows(const Tensor& ids, const Tensor& table, const Tensor& act, const
 }  // namespace
 
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y) {
+  LINEA_ON_CUDA(table, embedding_forward(ids, table, y));
   const char* op = "embedding_forward";
   check_rows(ids, table, y, op, "table", "y");
   const int64_t n = ids.numel(), vocab = table.dim(0), d = table.dim(1);
@@ -51,6 +52,7 @@ void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y) {
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable) {
+  LINEA_ON_CUDA(dtable, embedding_backward(ids, dy, dtable));
   const char* op = "embedding_backward";
   check_rows(ids, dtable, dy, op, "dtable", "dy");
   const int64_t n = ids.numel(), vocab = dtable.dim(0), d = dtable.dim(1);

@@ -56,6 +56,7 @@ void dispatch_map(FeatureMap f, Fn&& fn) {
 }  // namespace
 
 void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y) {
+  LINEA_ON_CUDA(x, feature_map_forward(f, x, y));
   const char* op = "feature_map_forward";
   cpu::check_float(x, op, "x");
   cpu::check_same_shape(y, x, op, "y", "x");
@@ -66,6 +67,7 @@ void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y) {
 }
 
 void feature_map_backward(FeatureMap f, const Tensor& x, const Tensor& dy, Tensor& dx) {
+  LINEA_ON_CUDA(x, feature_map_backward(f, x, dy, dx));
   const char* op = "feature_map_backward";
   cpu::check_float(x, op, "x");
   cpu::check_same_shape(dy, x, op, "dy", "x");

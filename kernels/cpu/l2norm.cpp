@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/util/check.h"
+#include "kernels/cpu/dispatch.h"
 
 namespace linea::kernels {
 namespace {
@@ -62,6 +63,7 @@ void backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tensor& dx)
 }  // namespace
 
 void l2norm_forward(const Tensor& x, double eps, Tensor& y, Tensor& rstd) {
+  LINEA_ON_CUDA(x, l2norm_forward(x, eps, y, rstd));
   const char* op = "l2norm_forward";
   check_x(x, op);
   LINEA_CHECK(eps >= 0) << op << ": eps " << eps << " must be >= 0";
@@ -75,6 +77,7 @@ void l2norm_forward(const Tensor& x, double eps, Tensor& y, Tensor& rstd) {
 }
 
 void l2norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tensor& dx) {
+  LINEA_ON_CUDA(x, l2norm_backward(x, rstd, dy, dx));
   const char* op = "l2norm_backward";
   check_x(x, op);
   check_like(rstd, row_shape(x), x.dtype(), op, "rstd");

@@ -75,6 +75,7 @@ LinearSizes check_linear_weight(const Tensor& x, const Tensor& w, const char* op
 
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, double alpha,
           double beta) {
+  LINEA_ON_CUDA(a, gemm(a, trans_a, b, trans_b, c, alpha, beta));
   const char* op = "gemm";
   check_float(a, op, "a");
   check_like(b, a, op, "b", "a");
@@ -99,6 +100,7 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  LINEA_ON_CUDA(x, linear_forward(x, w, y));
   const char* op = "linear_forward";
   check_float(x, op, "x");
   check_like(w, x, op, "w", "x");
@@ -113,6 +115,7 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor& dx, Tensor& dw) {
+  LINEA_ON_CUDA(x, linear_backward(x, w, dy, dx, dw));
   const char* op = "linear_backward";
   check_float(x, op, "x");
   check_like(w, x, op, "w", "x");

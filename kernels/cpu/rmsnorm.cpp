@@ -85,6 +85,7 @@ void check_norm_args(const Tensor& x, const Tensor& w, const Tensor& rstd, const
 }  // namespace
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  LINEA_ON_CUDA(x, rmsnorm_forward(x, w, eps, y, rstd));
   const char* op = "rmsnorm_forward";
   check_norm_args(x, w, rstd, op);
   cpu::check_same_shape(y, x, op, "y", "x");
@@ -104,6 +105,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
                       Tensor& dx, Tensor& dw) {
+  LINEA_ON_CUDA(x, rmsnorm_backward(x, w, rstd, dy, dx, dw));
   const char* op = "rmsnorm_backward";
   check_norm_args(x, w, rstd, op);
   cpu::check_same_shape(dy, x, op, "dy", "x");

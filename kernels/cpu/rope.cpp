@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/util/check.h"
+#include "kernels/cpu/dispatch.h"
 
 namespace linea::kernels {
 namespace {
@@ -80,11 +81,13 @@ void run(const Tensor& in, const RopeParams& p, double sign, Tensor& out) {
 }  // namespace
 
 void rope_forward(const Tensor& x, const RopeParams& p, Tensor& y) {
+  LINEA_ON_CUDA(x, rope_forward(x, p, y));
   check_rope(x, p, y, "rope_forward", "x", "y");
   run(x, p, 1.0, y);
 }
 
 void rope_backward(const Tensor& dy, const RopeParams& p, Tensor& dx) {
+  LINEA_ON_CUDA(dy, rope_backward(dy, p, dx));
   check_rope(dy, p, dx, "rope_backward", "dy", "dx");
   run(dy, p, -1.0, dx);
 }

@@ -22,6 +22,7 @@ void check_swiglu_inputs(const Tensor& g, const Tensor& u, const char* op) {
 }  // namespace
 
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h) {
+  LINEA_ON_CUDA(g, swiglu_forward(g, u, h));
   const char* op = "swiglu_forward";
   check_swiglu_inputs(g, u, op);
   cpu::check_same_shape(h, g, op, "h", "g");
@@ -38,6 +39,7 @@ void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h) {
 }
 
 void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& dh, Tensor& dg, Tensor& du) {
+  LINEA_ON_CUDA(g, swiglu_backward(g, u, dh, dg, du));
   const char* op = "swiglu_backward";
   check_swiglu_inputs(g, u, op);
   cpu::check_same_shape(dh, g, op, "dh", "g");

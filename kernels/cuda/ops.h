@@ -1,0 +1,84 @@
+// The CUDA fast paths behind the public kernels (kernels/*.h): same names and contracts, chosen
+// by the CPU entry points when their tensors live on a GPU (LINEA_ON_CUDA in
+// kernels/cpu/dispatch.h). What differs on CUDA, for every op:
+//  - storage dtypes are f32 and bf16 (no f64); arithmetic is f32;
+//  - saved statistics (rmsnorm's rstd, cross-entropy's lse) are f32 whatever the input dtype;
+//  - parameter gradients that are sums over rows (rmsnorm dw, embedding dtable) are f32, and
+//    linear/gemm may write an f32 C from bf16 operands (f32 gradients of bf16 weights);
+//  - work is queued on the current stream of the tensors' device; functions that return a host
+//    value (cross_entropy_forward, sum_squares, all_finite) wait for it.
+// Built only with LINEA_CUDA; declared without CUDA types so that CPU sources may include it.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor/tensor.h"
+#include "kernels/adamw.h"
+#include "kernels/feature_map.h"
+#include "kernels/rope.h"
+
+namespace linea::kernels::cuda {
+
+// kernels/matmul.h (cuBLAS; bf16 operands with f32 accumulation, f32 operands in full f32).
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, double alpha,
+          double beta);
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor& dx, Tensor& dw);
+
+// kernels/embedding.h (dtable f32; each id's rows summed in position order: deterministic).
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y);
+void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable);
+
+// kernels/rmsnorm.h
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                      Tensor& dx, Tensor& dw);
+
+// kernels/l2norm.h (the weightless row norm with a sum; rstd f32)
+void l2norm_forward(const Tensor& x, double eps, Tensor& y, Tensor& rstd);
+void l2norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tensor& dx);
+
+// kernels/feature_map.h
+void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y);
+void feature_map_backward(FeatureMap f, const Tensor& x, const Tensor& dy, Tensor& dx);
+
+// kernels/swiglu.h
+void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
+void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& dh, Tensor& dg, Tensor& du);
+
+// kernels/rope.h
+void rope_forward(const Tensor& x, const RopeParams& p, Tensor& y);
+void rope_backward(const Tensor& dy, const RopeParams& p, Tensor& dx);
+
+// kernels/cross_entropy.h (one pass over each row, no f32 copy of bf16 logits).
+double cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& lse,
+                             int64_t* n_valid);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            double dloss, int64_t n_valid, Tensor& dlogits);
+
+// kernels/elementwise.h
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+void add_inplace(Tensor& a, const Tensor& b);
+void axpy(double alpha, const Tensor& x, Tensor& y);
+void scale(Tensor& x, double alpha);
+double sum_squares(const Tensor& x);
+bool all_finite(const Tensor& x);
+
+// kernels/linear_attention.h: the chunk scan (kernels/cuda/chunk_scan.h); bf16 tensor-core inputs,
+// f32 states, any chunk (64 is used), Dk in {64, 128}, Dv a multiple of 64.
+void linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      double scale, int64_t chunk, const Tensor& initial_state,
+                                      Tensor& o, Tensor& final_state);
+void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       double scale, int64_t chunk, const Tensor& initial_state,
+                                       const Tensor& d_o, const Tensor& d_final_state, Tensor& dq,
+                                       Tensor& dk, Tensor& dv, Tensor& d_initial_state);
+
+// kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
+void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);
+
+// Random normal values N(0, stddev) generated on the device from (seed, element index): for
+// benchmarks and large test inputs. f32 or bf16.
+void fill_normal(Tensor& t, uint64_t seed, double stddev);
+
+}  // namespace linea::kernels::cuda
