@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
   const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H, seg = blockIdx.z, nseg = gridDim.z;
   const int dv0 = blockIdx.x * kDvT;
   const int64_t qk_stride = int64_t(a.H) * Dqk, v_stride = int64_t(a.H) * a.Dv;
-  const bf16* q = a.q + int64_t(b) * a.T * qk_stride + int64_t(h) * Dqk;
+  const bf16* q = a.q ? a.q + int64_t(b) * a.T * qk_stride + int64_t(h) * Dqk : nullptr;
   const bf16* k = a.k + int64_t(b) * a.T * qk_stride + int64_t(h) * Dqk;
   const bf16* v = a.v + int64_t(b) * a.T * v_stride + int64_t(h) * a.Dv + dv0;
   const int64_t out_off = int64_t(b) * a.T * v_stride + int64_t(h) * a.Dv + dv0;
@@ -412,6 +412,12 @@ __global__ void prefix_kernel(ChunkScanArgs a, int nseg) {
     w[seg * per_head] = acc;
     acc = (a.g ? __expf(seg_decay[seg]) * acc : acc) + sum;
   }
+  if (!a.out && a.final_state) {  // the state-only form: the composition is the final state
+    const int64_t r = e / a.Dv, c = e % a.Dv;
+    const int b = static_cast<int>(bh / a.H), h = static_cast<int>(bh % a.H);
+    const float f = a.final_decay ? __expf(a.g[int64_t(b) * a.T * a.H + h]) : 1.0f;
+    a.final_state[bh * per_head + (a.final_transposed ? c * a.Dqk + r : e)] = acc * a.v_scale * f;
+  }
 }
 
 template <int Dqk, bool OutF32, Mode M>
@@ -432,14 +438,14 @@ void launch(const ChunkScanArgs& a, int nseg, int seg_chunks, cudaStream_t strea
 
 template <int Dqk, bool OutF32>
 void run(const ChunkScanArgs& a, int nseg, int seg_chunks, cudaStream_t stream) {
-  if (nseg > 1) {
+  if (nseg > 1 || !a.out) {
     launch<Dqk, OutF32, kStateOnly>(a, nseg, seg_chunks, stream);
     const int64_t n = int64_t(a.B) * a.H * a.Dqk * a.Dv;
     prefix_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(a, nseg);
     const cudaError_t e = cudaGetLastError();
     LINEA_CHECK(e == cudaSuccess) << "chunk_scan: prefix launch failed: " << cudaGetErrorString(e);
   }
-  launch<Dqk, OutF32, kFull>(a, nseg, seg_chunks, stream);
+  if (a.out) launch<Dqk, OutF32, kFull>(a, nseg, seg_chunks, stream);
 }
 
 int sm_count() {
@@ -473,12 +479,15 @@ int chunk_scan_segments(const ChunkScanArgs& a) {
 
 size_t chunk_scan_workspace_bytes(const ChunkScanArgs& a) {
   const int nseg = chunk_scan_segments(a);
-  // The segments' states, then (with a decay) their total log decays.
-  return nseg > 1 ? sizeof(float) * size_t(a.B) * a.H * nseg * (size_t(a.Dqk) * a.Dv + 1) : 0;
+  // The segments' states, then (with a decay) their total log decays; the state-only form
+  // (out null) always goes through them.
+  return nseg > 1 || !a.out ? sizeof(float) * size_t(a.B) * a.H * nseg * (size_t(a.Dqk) * a.Dv + 1)
+                            : 0;
 }
 
 void chunk_scan(const ChunkScanArgs& a, cudaStream_t stream) {
-  LINEA_CHECK(a.q && a.k && a.v && a.out) << "chunk_scan: q, k, v and out must be set";
+  LINEA_CHECK(a.k && a.v && (a.out ? a.q != nullptr : a.final_state != nullptr))
+      << "chunk_scan: k, v and either q and out, or (state only) final_state must be set";
   LINEA_CHECK(a.Dqk == 64 || a.Dqk == 128)
       << "chunk_scan: Dqk = " << a.Dqk << " is not supported on CUDA (64 or 128)";
   LINEA_CHECK(a.Dv > 0 && a.Dv % kDvT == 0)
@@ -489,7 +498,7 @@ void chunk_scan(const ChunkScanArgs& a, cudaStream_t stream) {
   LINEA_CHECK(!(a.g_shift || a.final_decay) || a.g)
       << "chunk_scan: g_shift and final_decay need the decay g";
   const int nseg = chunk_scan_segments(a);
-  LINEA_CHECK(nseg == 1 || a.workspace)
+  LINEA_CHECK((nseg == 1 && a.out) || a.workspace)
       << "chunk_scan: " << nseg << " segments need a workspace of " << chunk_scan_workspace_bytes(a)
       << " bytes (chunk_scan_workspace_bytes)";
   const int chunks = (a.T + kC - 1) / kC;

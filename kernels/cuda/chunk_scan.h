@@ -42,7 +42,8 @@ struct ChunkScanArgs {
   const __nv_bfloat16* q = nullptr;  // [B, T, H, Dqk]
   const __nv_bfloat16* k = nullptr;  // [B, T, H, Dqk]
   const __nv_bfloat16* v = nullptr;  // [B, T, H, Dv]
-  void* out = nullptr;               // [B, T, H, Dv], bf16 or f32 (out_f32)
+  void* out =
+      nullptr;  // [B, T, H, Dv], bf16 or f32 (out_f32); null: only the final state (q unused)
   bool out_f32 = false;
   const float* initial_state = nullptr;  // [B, H, Dqk, Dv] or null (zero)
   float* final_state = nullptr;          // [B, H, Dqk, Dv] or null (not wanted)
@@ -73,8 +74,7 @@ void chunk_scan(const ChunkScanArgs& args, cudaStream_t stream);
 // <dS_out, S_out> per (b, h) (either state may be null: no final-state term). q, k, dq, dk
 // [B, T, H, D] bf16 or f32 (dq_f32 / dk_f32 say which for the gradients; q, k are bf16).
 void chunk_scan_decay_grad(const __nv_bfloat16* q, const __nv_bfloat16* k, const void* dq,
-                           const void* dk, bool grads_f32, const float* s_out,
-                           const float* ds_out, int B, int T, int H, int D, int Dv, float* dg,
-                           cudaStream_t stream);
+                           const void* dk, bool grads_f32, const float* s_out, const float* ds_out,
+                           int B, int T, int H, int D, int Dv, float* dg, cudaStream_t stream);
 
 }  // namespace linea::kernels::cuda
