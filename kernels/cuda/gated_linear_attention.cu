@@ -1,0 +1,170 @@
+// CUDA gated linear attention (kernels/gated_linear_attention.h) for a scalar key-side decay per
+// token and head, gk [B, T, H] (Mamba2, simple GLA; Lightning and RetNet pass their constant
+// log(lambda_h)), without a value-side gate: the chunk scan with its decay (kernels/cuda/
+// chunk_scan.h). Forward: one scan. Backward: the dq scan, the two reversed scans (dk; dv with
+// dS_in) with the decay shifted by one token, and dgk from chunk_scan_decay_grad, which needs the
+// forward's final state when a gradient reaches it (recomputed by a state-only scan). What differs
+// from the CPU contract:
+//  - vector gates (gk [B, T, H, Dk]: GLA, HGRN2) and gv (GSA) are not on CUDA yet: an error says
+//  so;
+//  - q, k, v, dO enter the tensor cores in bf16; the gates, states and dgk are f32;
+//  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128}, Dv a multiple of 64.
+#include "kernels/cuda/chunk_scan.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace linea::kernels::cuda {
+namespace {
+
+Tensor as_bf16(const Tensor& t) { return t.dtype() == DType::kBF16 ? t : t.to(DType::kBF16); }
+const __nv_bfloat16* bf16_ptr(const Tensor& t) {
+  return reinterpret_cast<const __nv_bfloat16*>(t.data<BF16>());
+}
+
+struct Dims {
+  int B, T, H, Dk, Dv;
+};
+
+Dims check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gk,
+                const Tensor& gv, const Tensor& initial_state, const char* op) {
+  check_float(q, op, "q");
+  check_float(k, op, "k");
+  check_float(v, op, "v");
+  LINEA_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4 && v.dim(0) == q.dim(0) &&
+              v.dim(1) == q.dim(1) && v.dim(2) == q.dim(2))
+      << op << ": q " << describe(q) << ", k " << describe(k) << ", v " << describe(v)
+      << " must be [B, T, H, Dk], [B, T, H, Dk], [B, T, H, Dv]";
+  const Dims d{int(q.dim(0)), int(q.dim(1)), int(q.dim(2)), int(q.dim(3)), int(v.dim(3))};
+  LINEA_CHECK(!gv.defined()) << op << ": a value-side gate gv is not supported on CUDA yet "
+                             << "(Gated Slot Attention runs on the CPU)";
+  if (gk.defined()) {
+    check_cuda(gk, op, "gk");
+    const Shape scalar{d.B, d.T, d.H};
+    LINEA_CHECK(gk.dtype() == DType::kF32 && gk.shape() == scalar)
+        << op << ": gk " << describe(gk) << " must be f32 [B, T, H] on CUDA (a vector gate "
+        << "[B, T, H, Dk], GLA or HGRN2, is not supported on CUDA yet)";
+  }
+  if (initial_state.defined()) {
+    check_cuda(initial_state, op, "initial_state");
+    const Shape state{d.B, d.H, d.Dk, d.Dv};
+    LINEA_CHECK(initial_state.dtype() == DType::kF32 && initial_state.shape() == state)
+        << op << ": initial_state " << describe(initial_state) << " must be f32 [B, H, Dk, Dv]";
+  }
+  return d;
+}
+
+void check_out(const Tensor& t, const Shape& shape, const char* op, const char* name) {
+  check_float(t, op, name);
+  LINEA_CHECK(t.shape() == shape) << op << ": " << name << " " << describe(t) << " must be "
+                                  << shape_str(shape);
+}
+
+void check_state_out(const Tensor& t, const Dims& d, const char* op, const char* name) {
+  if (!t.defined()) return;
+  check_cuda(t, op, name);
+  const Shape state{d.B, d.H, d.Dk, d.Dv};
+  LINEA_CHECK(t.dtype() == DType::kF32 && t.shape() == state)
+      << op << ": " << name << " " << describe(t) << " must be f32 [B, H, Dk, Dv]";
+}
+
+ChunkScanArgs scan_args(const Dims& d, int dqk, int dv, const Tensor& q, const Tensor& k,
+                        const Tensor& v, Tensor* out, const Tensor& gk) {
+  ChunkScanArgs a;
+  a.q = q.defined() ? bf16_ptr(q) : nullptr, a.k = bf16_ptr(k), a.v = bf16_ptr(v);
+  a.out = out ? out->raw() : nullptr, a.out_f32 = out && out->dtype() == DType::kF32;
+  a.B = d.B, a.T = d.T, a.H = d.H, a.Dqk = dqk, a.Dv = dv;
+  a.g = gk.defined() ? gk.data<float>() : nullptr;
+  return a;
+}
+
+void run_scan(ChunkScanArgs a, Device device) {
+  OnDevice dev(device.index);
+  const size_t ws = chunk_scan_workspace_bytes(a);
+  Tensor workspace;
+  if (ws > 0) {
+    workspace = Tensor::empty({static_cast<int64_t>(ws / sizeof(float))}, DType::kF32, device);
+    a.workspace = workspace.data<float>();
+  }
+  chunk_scan(a, dev.stream);
+}
+
+}  // namespace
+
+void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& gk, const Tensor& gv, double scale,
+                                            int64_t chunk, const Tensor& initial_state, Tensor& o,
+                                            Tensor& final_state) {
+  const char* op = "gated_linear_attention_chunked_forward (CUDA)";
+  const Dims d = check_args(q, k, v, gk, gv, initial_state, op);
+  LINEA_CHECK(chunk > 0) << op << ": chunk = " << chunk << " must be positive";
+  check_out(o, v.shape(), op, "o");
+  check_state_out(final_state, d, op, "final_state");
+  const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v);
+  ChunkScanArgs a = scan_args(d, d.Dk, d.Dv, qb, kb, vb, &o, gk);
+  a.out_scale = static_cast<float>(scale);
+  a.initial_state = initial_state.defined() ? initial_state.data<float>() : nullptr;
+  a.final_state = final_state.defined() ? final_state.data<float>() : nullptr;
+  run_scan(a, q.device());
+}
+
+void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const Tensor& gk, const Tensor& gv, double scale,
+                                             int64_t chunk, const Tensor& initial_state,
+                                             const Tensor& d_o, const Tensor& d_final_state,
+                                             Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dgk,
+                                             Tensor& dgv, Tensor& d_initial_state) {
+  const char* op = "gated_linear_attention_chunked_backward (CUDA)";
+  const Dims d = check_args(q, k, v, gk, gv, initial_state, op);
+  LINEA_CHECK(chunk > 0) << op << ": chunk = " << chunk << " must be positive";
+  LINEA_CHECK(!dgv.defined()) << op << ": dgv asked for without a value-side gate";
+  check_out(d_o, v.shape(), op, "d_o");
+  check_out(dq, q.shape(), op, "dq");
+  check_out(dk, k.shape(), op, "dk");
+  check_out(dv, v.shape(), op, "dv");
+  check_state_out(d_final_state, d, op, "d_final_state");
+  check_state_out(d_initial_state, d, op, "d_initial_state");
+  if (dgk.defined()) {
+    LINEA_CHECK(gk.defined()) << op << ": dgk asked for without gk";
+    check_cuda(dgk, op, "dgk");
+    LINEA_CHECK(dgk.dtype() == DType::kF32 && dgk.shape() == gk.shape())
+        << op << ": dgk " << describe(dgk) << " must be f32 " << shape_str(gk.shape());
+    LINEA_CHECK(dq.dtype() == dk.dtype())
+        << op << ": dq " << describe(dq) << " and dk " << describe(dk) << " must share a dtype";
+  }
+  const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v), dob = as_bf16(d_o);
+  const float s = static_cast<float>(scale);
+  const float* s_in = initial_state.defined() ? initial_state.data<float>() : nullptr;
+  const float* ds_out = d_final_state.defined() ? d_final_state.data<float>() : nullptr;
+  const bool decay = gk.defined();
+  // dq_t = scale dO_t S_t^T: the forward scan of (dO, v, k) with the transposed state.
+  ChunkScanArgs a = scan_args(d, d.Dv, d.Dk, dob, vb, kb, &dq, gk);
+  a.out_scale = s, a.initial_state = s_in, a.initial_transposed = true;
+  run_scan(a, q.device());
+  // dv_t = k_t dS_t: the reversed scan of (k, q, dO) with the decay one token later; its final
+  // state, one more decay exp(g_0) past the first token, is dS_in.
+  a = scan_args(d, d.Dk, d.Dv, kb, qb, dob, &dv, gk);
+  a.v_scale = s, a.reverse = true, a.initial_state = ds_out, a.g_shift = decay;
+  a.final_state = d_initial_state.defined() ? d_initial_state.data<float>() : nullptr;
+  a.final_decay = decay && a.final_state;
+  run_scan(a, q.device());
+  // dk_t = v_t dS_t^T: the reversed scan of (v, dO, q) with the transposed state.
+  a = scan_args(d, d.Dv, d.Dk, vb, dob, qb, &dk, gk);
+  a.v_scale = s, a.reverse = true, a.initial_state = ds_out, a.initial_transposed = true;
+  a.g_shift = decay;
+  run_scan(a, q.device());
+  if (!dgk.defined()) return;
+  // dgk needs <dS_out, S_out>: S_out again, from a state-only scan.
+  Tensor s_out;
+  if (ds_out) {
+    s_out = Tensor::empty({d.B, d.H, d.Dk, d.Dv}, DType::kF32, q.device());
+    a = scan_args(d, d.Dk, d.Dv, Tensor(), kb, vb, nullptr, gk);
+    a.initial_state = s_in, a.final_state = s_out.data<float>();
+    run_scan(a, q.device());
+  }
+  OnDevice dev(q);
+  chunk_scan_decay_grad(bf16_ptr(qb), bf16_ptr(kb), dq.raw(), dk.raw(), dq.dtype() == DType::kF32,
+                        ds_out ? s_out.data<float>() : nullptr, ds_out, d.B, d.T, d.H, d.Dk, d.Dv,
+                        dgk.data<float>(), dev.stream);
+}
+
+}  // namespace linea::kernels::cuda
