@@ -53,7 +53,7 @@ if ! ldconfig -p | grep -q libopenblas && [ -n "${LINEA_BLAS_TARBALL:-}" ]; then
 fi
 
 step configure 300 cmake -S . -B "$BUILD" "${CMAKE_ARGS[@]}" || exit 1
-step build 900 cmake --build "$BUILD" -j "$JOBS" --target linea_cuda_tests kernels_bench || exit 1
+step build 900 cmake --build "$BUILD" -j "$JOBS" --target linea_cuda_tests linea_cuda_mpi_tests kernels_bench linear_attention_lab || exit 1
 (cd "$BUILD" && step ctest_cuda 600 ctest -L cuda --output-on-failure -j 4 --timeout 300)
 ctest_rc=$?
 if [ "${LINEA_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
@@ -64,7 +64,12 @@ if [ "${LINEA_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; th
 fi
 step kernels_bench 600 "$BUILD/bench/kernels_bench" --json "$OUT/kernels_bench.json"
 bench_rc=$?
+# The chunk scan's kernel lab: validate against its f64 reference, then time (docs/performance.md).
+step lab_linear_attention 400 "$BUILD/bench/linear_attention_lab" "$OUT/lab_linear_attention.json"
+lab_rc=$?
+bench_rc=$((bench_rc != 0 || lab_rc != 0))
 log "done: ctest_cuda rc=$ctest_rc, kernels_bench rc=$bench_rc"
 tail -n 5 "$OUT/ctest_cuda.log"
 cat "$OUT/kernels_bench.log"
+cat "$OUT/lab_linear_attention.log"
 exit $((ctest_rc != 0 || bench_rc != 0))

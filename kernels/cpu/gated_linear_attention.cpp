@@ -497,6 +497,8 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
                                             const Tensor& gk, const Tensor& gv, double scale,
                                             int64_t chunk, const Tensor& initial_state, Tensor& o,
                                             Tensor& final_state) {
+  LINEA_ON_CUDA(q, gated_linear_attention_chunked_forward(q, k, v, gk, gv, scale, chunk,
+                                                          initial_state, o, final_state));
   const char* op = "gated_linear_attention_chunked_forward";
   const HeadDims d = check_qkv(q, k, v, op);
   check_chunk(chunk, d, op);
@@ -518,6 +520,9 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
                                              const Tensor& d_o, const Tensor& d_final_state,
                                              Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dgk,
                                              Tensor& dgv, Tensor& d_initial_state) {
+  LINEA_ON_CUDA(q, gated_linear_attention_chunked_backward(q, k, v, gk, gv, scale, chunk,
+                                                           initial_state, d_o, d_final_state, dq,
+                                                           dk, dv, dgk, dgv, d_initial_state));
   const char* op = "gated_linear_attention_chunked_backward";
   const HeadDims d = check_qkv(q, k, v, op);
   check_chunk(chunk, d, op);

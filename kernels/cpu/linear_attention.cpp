@@ -194,9 +194,9 @@ void linear_attention_recurrent_forward(const Tensor& q, const Tensor& k, const 
 
 void linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                       double scale, int64_t chunk, const Tensor& initial_state,
-                                                                            Tensor& o, Tensor& final_state) {
-  LINEA_ON_CUDA(q, linear_attention_chunked_forward(q, k, v, scale, chunk, initial_state, o,
-                                                    final_state));
+                                      Tensor& o, Tensor& final_state) {
+  LINEA_ON_CUDA(
+      q, linear_attention_chunked_forward(q, k, v, scale, chunk, initial_state, o, final_state));
   const char* op = "linear_attention_chunked_forward";
   const HeadDims d = check_qkv(q, k, v, op);
   check_chunk(chunk, d, op);
@@ -212,7 +212,7 @@ void linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Te
 void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        double scale, int64_t chunk, const Tensor& initial_state,
                                        const Tensor& d_o, const Tensor& d_final_state, Tensor& dq,
-                                                                              Tensor& dk, Tensor& dv, Tensor& d_initial_state) {
+                                       Tensor& dk, Tensor& dv, Tensor& d_initial_state) {
   LINEA_ON_CUDA(q, linear_attention_chunked_backward(q, k, v, scale, chunk, initial_state, d_o,
                                                      d_final_state, dq, dk, dv, d_initial_state));
   const char* op = "linear_attention_chunked_backward";

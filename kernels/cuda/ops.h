@@ -74,6 +74,19 @@ void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const T
                                        const Tensor& d_o, const Tensor& d_final_state, Tensor& dq,
                                        Tensor& dk, Tensor& dv, Tensor& d_initial_state);
 
+// kernels/gated_linear_attention.h for a scalar gk [B, T, H] and no gv (Lightning, RetNet, Mamba2,
+// simple GLA): the decayed chunk scan; gates, states and dgk f32. Vector gates are refused.
+void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& gk, const Tensor& gv, double scale,
+                                            int64_t chunk, const Tensor& initial_state, Tensor& o,
+                                            Tensor& final_state);
+void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const Tensor& gk, const Tensor& gv, double scale,
+                                             int64_t chunk, const Tensor& initial_state,
+                                             const Tensor& d_o, const Tensor& d_final_state,
+                                             Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dgk,
+                                             Tensor& dgv, Tensor& d_initial_state);
+
 // kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);
 
