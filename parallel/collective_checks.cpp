@@ -85,8 +85,7 @@ int64_t check_all_to_all(const std::string& group, int size, const Tensor& in,
                          const std::vector<int64_t>& send_counts, const Tensor& out,
                          const std::vector<int64_t>& recv_counts) {
   const char* op = "all_to_all_v";
-  check_tensor(op, group, in, false);
-  check_tensor(op, group, out, false);
+  LINEA_CHECK(in.defined() && out.defined()) << where(op, group) << ": undefined tensor";
   check_same_dtype(op, group, in, out);
   LINEA_CHECK(in.ndim() >= 1 && out.ndim() >= 1)
       << where(op, group) << ": in and out need a leading (row) dimension, got "

@@ -31,7 +31,8 @@ bool gather_in_place(const std::string& group, int rank, const Tensor& in, const
 
 // Elements in one row of t (the product of the dims after the first); 1 for a 1-D tensor.
 int64_t row_width(const Tensor& t);
-// Validates all_to_all_v arguments; returns the row width shared by in and out.
+// Validates all_to_all_v's shapes and counts (the device is each backend's check); returns the row
+// width shared by in and out.
 int64_t check_all_to_all(const std::string& group, int size, const Tensor& in,
                          const std::vector<int64_t>& send_counts, const Tensor& out,
                          const std::vector<int64_t>& recv_counts);

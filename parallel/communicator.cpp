@@ -59,6 +59,8 @@ void SelfCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp) {
 
 void SelfCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                     Tensor& out, const std::vector<int64_t>& recv_counts) {
+  detail::check_tensor("all_to_all_v", name_, in, false);
+  detail::check_tensor("all_to_all_v", name_, out, false);
   detail::check_all_to_all(name_, 1, in, send_counts, out, recv_counts);
   copy_unless_same(in, out);
 }

@@ -168,6 +168,8 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
 
 void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                    Tensor& out, const std::vector<int64_t>& recv_counts) {
+  detail::check_tensor("all_to_all_v", name_, in, false);
+  detail::check_tensor("all_to_all_v", name_, out, false);
   const int64_t width = detail::check_all_to_all(name_, size_, in, send_counts, out, recv_counts);
   detail::check_no_overlap("all_to_all_v", name_, in, out);
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);

@@ -128,16 +128,19 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     check_cuda(dgk, op, "dgk");
     LINEA_CHECK(dgk.dtype() == DType::kF32 && dgk.shape() == gk.shape())
         << op << ": dgk " << describe(dgk) << " must be f32 " << shape_str(gk.shape());
-    LINEA_CHECK(dq.dtype() == dk.dtype())
-        << op << ": dq " << describe(dq) << " and dk " << describe(dk) << " must share a dtype";
   }
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v), dob = as_bf16(d_o);
   const float s = static_cast<float>(scale);
   const float* s_in = initial_state.defined() ? initial_state.data<float>() : nullptr;
   const float* ds_out = d_final_state.defined() ? d_final_state.data<float>() : nullptr;
   const bool decay = gk.defined();
+  // dgk sums q . dq - k . dk, terms that largely cancel: with bf16 gradients asked for, the scans
+  // write f32 ones first (dgk from those), rounded into dq and dk at the end.
+  const bool f32_grads = dgk.defined() && dq.dtype() == DType::kBF16;
+  Tensor dq_out = f32_grads ? Tensor::empty(dq.shape(), DType::kF32, dq.device()) : dq;
+  Tensor dk_out = f32_grads ? Tensor::empty(dk.shape(), DType::kF32, dk.device()) : dk;
   // dq_t = scale dO_t S_t^T: the forward scan of (dO, v, k) with the transposed state.
-  ChunkScanArgs a = scan_args(d, d.Dv, d.Dk, dob, vb, kb, &dq, gk);
+  ChunkScanArgs a = scan_args(d, d.Dv, d.Dk, dob, vb, kb, &dq_out, gk);
   a.out_scale = s, a.initial_state = s_in, a.initial_transposed = true;
   run_scan(a, q.device());
   // dv_t = k_t dS_t: the reversed scan of (k, q, dO) with the decay one token later; its final
@@ -148,11 +151,13 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
   a.final_decay = decay && a.final_state;
   run_scan(a, q.device());
   // dk_t = v_t dS_t^T: the reversed scan of (v, dO, q) with the transposed state.
-  a = scan_args(d, d.Dv, d.Dk, vb, dob, qb, &dk, gk);
+  a = scan_args(d, d.Dv, d.Dk, vb, dob, qb, &dk_out, gk);
   a.v_scale = s, a.reverse = true, a.initial_state = ds_out, a.initial_transposed = true;
   a.g_shift = decay;
   run_scan(a, q.device());
   if (!dgk.defined()) return;
+  LINEA_CHECK(dq_out.dtype() == dk_out.dtype())
+      << op << ": dq " << describe(dq) << " and dk " << describe(dk) << " must share a dtype";
   // dgk needs <dS_out, S_out>: S_out again, from a state-only scan.
   Tensor s_out;
   if (ds_out) {
@@ -162,9 +167,13 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     run_scan(a, q.device());
   }
   OnDevice dev(q);
-  chunk_scan_decay_grad(bf16_ptr(qb), bf16_ptr(kb), dq.raw(), dk.raw(), dq.dtype() == DType::kF32,
-                        ds_out ? s_out.data<float>() : nullptr, ds_out, d.B, d.T, d.H, d.Dk, d.Dv,
-                        dgk.data<float>(), dev.stream);
+  chunk_scan_decay_grad(bf16_ptr(qb), bf16_ptr(kb), dq_out.raw(), dk_out.raw(),
+                        dq_out.dtype() == DType::kF32, ds_out ? s_out.data<float>() : nullptr,
+                        ds_out, d.B, d.T, d.H, d.Dk, d.Dv, dgk.data<float>(), dev.stream);
+  if (f32_grads) {
+    dq.copy_from(dq_out);
+    dk.copy_from(dk_out);
+  }
 }
 
 }  // namespace linea::kernels::cuda
