@@ -5,9 +5,8 @@
 // median of many runs). Prints a table and writes JSON (argv[1], default
 // lab_linear_attention.json).
 //
-// Build and run on the GPU machine (bench/gpu_check.sh does this):
-//   nvcc -O3 -std=c++20 -arch=sm_90 -I. bench/lab/linear_attention_lab.cu \
-//        kernels/cuda/chunk_scan.cu -o build/linear_attention_lab && build/linear_attention_lab
+// Built as the target linear_attention_lab with the CUDA backend; bench/gpu_check.sh runs it:
+//   build-gpu/bench/linear_attention_lab OUT.json
 //
 // Versions tried (newest last; the one in kernels/cuda/chunk_scan.cu is the winner so far):
 //   v1  one block of 4 warps per (b, h, 64 columns of Dv), sequential over chunks, WMMA bf16,
@@ -29,6 +28,9 @@
 //       cumulative decays in shared memory, decayed scores, q S and state update; the backward
 //       scans shift the decay by one token, and dg = a reverse cumulative sum of
 //       q . dq - k . dk plus <dS_out, S_out> (chunk_scan_decay_grad).
+//       No decay: 0.594 / 2.403 ms (the separate q S and A v accumulators cost 5%); decay:
+//       0.847 / 3.531 ms at B8 T4096 H8, 3.793 / 15.613 ms at B1 T65536 H16 (fla lightning:
+//       0.344 / 1.722, 1.304 / 5.363).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
