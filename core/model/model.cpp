@@ -61,8 +61,16 @@ void Model::add_moe_stats(LossStats& stats) const {
   }
 }
 
+void Model::to(Device device) {
+  for (Parameter* p : params_) {
+    p->value = p->value.to(device);
+    p->grad = p->grad.to(device);
+  }
+}
+
 LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
                                   double aux_grad_scale) {
+  const DefaultDeviceScope on(device());
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), D = cfg_.model().hidden_size();
   Tensor logits = forward_logits(batch.inputs);
   Tensor targets = batch.targets.view({B * T});
@@ -87,6 +95,7 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
 }
 
 LossStats Model::forward_loss(const data::Batch& batch) {
+  const DefaultDeviceScope on(device());
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1);
   Tensor logits = forward_logits(batch.inputs);
   Tensor lse = Tensor::empty({B * T}, dtype_);

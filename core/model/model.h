@@ -44,6 +44,10 @@ class Model {
   LossStats forward_loss(const data::Batch& batch);
 
   const ParameterList& parameters() const { return params_; }
+  // Moves every parameter (value and gradient) to `device`; forward and backward then allocate
+  // their activations there too (DefaultDeviceScope). Batches must be on the same device.
+  void to(Device device);
+  Device device() const { return embeddings_.value.device(); }
   // The MoE channel mixers, in layer order (empty for a dense model).
   const std::vector<MoeLayer*>& moe_layers() const { return moe_layers_; }
   // Parameters held by this rank (with EP: the replicated ones plus this rank's experts).

@@ -18,4 +18,21 @@ struct Device {
   std::string str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 };
 
+// Where Tensor::empty and Tensor::zeros allocate when no device is named: the CPU, unless a
+// DefaultDeviceScope of this thread says otherwise. The model sets it to its parameters' device
+// for a forward and backward, so that modules allocate their activations next to their inputs
+// without naming a device at each of their allocations.
+Device default_device();
+
+class DefaultDeviceScope {
+ public:
+  explicit DefaultDeviceScope(Device d);
+  ~DefaultDeviceScope();
+  DefaultDeviceScope(const DefaultDeviceScope&) = delete;
+  DefaultDeviceScope& operator=(const DefaultDeviceScope&) = delete;
+
+ private:
+  Device previous_;
+};
+
 }  // namespace linea

@@ -46,7 +46,7 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::from_vector(const Shape& shape, const std::vector<double>& values, DType dtype) {
-  Tensor t = empty(shape, dtype);
+  Tensor t = empty(shape, dtype, Device::cpu());
   LINEA_CHECK(static_cast<int64_t>(values.size()) == t.numel())
       << values.size() << " values for shape " << shape_str(shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.set_item(i, values[i]);
@@ -130,7 +130,7 @@ void Tensor::fill_(double value) {
 #ifdef LINEA_HAS_CUDA
   if (!device().is_cpu()) {
     // The value in this dtype's bits, built by the CPU path, then replicated on the device.
-    Tensor one = empty({1}, dtype_);
+    Tensor one = empty({1}, dtype_, Device::cpu());
     one.set_item(0, value);
     uint64_t pattern = 0;
     std::memcpy(&pattern, one.raw(), dtype_size(dtype_));

@@ -45,8 +45,9 @@ class Tensor {
  public:
   Tensor() = default;  // undefined tensor: defined() is false
 
-  static Tensor empty(const Shape& shape, DType dtype, Device device = Device::cpu());
-  static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::cpu());
+  // Without a device: default_device() (the CPU unless a DefaultDeviceScope says otherwise).
+  static Tensor empty(const Shape& shape, DType dtype, Device device = default_device());
+  static Tensor zeros(const Shape& shape, DType dtype, Device device = default_device());
   // CPU only: copies `values` (converted to dtype).
   static Tensor from_vector(const Shape& shape, const std::vector<double>& values, DType dtype);
 

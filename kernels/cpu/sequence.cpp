@@ -18,9 +18,12 @@ Tensor concat_time(const Tensor& a, const Tensor& b) {
   for (int64_t i = 2; i < a.ndim(); ++i)
     LINEA_CHECK(a.dim(i) == b.dim(i))
         << "concat_time: " << shape_str(a.shape()) << " and " << shape_str(b.shape());
+  LINEA_CHECK(a.device().is_cpu() && b.device().is_cpu())
+      << "concat_time: CPU tensors only (the CUDA path is not written yet); got "
+      << a.device().str() << " and " << b.device().str();
   Shape s = a.shape();
   s[1] = a.dim(1) + b.dim(1);
-  Tensor out = Tensor::empty(s, a.dtype());
+  Tensor out = Tensor::empty(s, a.dtype(), Device::cpu());
   const size_t row = row_bytes(a);
   const size_t na = row * a.dim(1), nb = row * b.dim(1);
   auto* o = static_cast<char*>(out.raw());
@@ -34,9 +37,12 @@ Tensor concat_time(const Tensor& a, const Tensor& b) {
 Tensor slice_time(const Tensor& x, int64_t begin, int64_t end) {
   LINEA_CHECK(x.ndim() >= 2 && 0 <= begin && begin <= end && end <= x.dim(1))
       << "slice_time [" << begin << ", " << end << ") of " << shape_str(x.shape());
+  LINEA_CHECK(x.device().is_cpu())
+      << "slice_time: CPU tensors only (the CUDA path is not written yet); got "
+      << x.device().str();
   Shape s = x.shape();
   s[1] = end - begin;
-  Tensor out = Tensor::empty(s, x.dtype());
+  Tensor out = Tensor::empty(s, x.dtype(), Device::cpu());
   const size_t row = row_bytes(x);
   const size_t n = row * (end - begin);
   for (int64_t i = 0; i < x.dim(0); ++i)
