@@ -312,6 +312,7 @@ void validate_train(const config::Config& cfg) {
   check_positive(t.grad_accum_steps(), "train.grad_accum_steps");
   check_one_of(t.dtype(), {"f32", "f64"}, "train.dtype");
   check_one_of(t.precision(), {"f32", "bf16"}, "train.precision");
+  check_one_of(t.device(), {"cpu", "cuda"}, "train.device");
 }
 
 void validate_checkpoint_and_logging(const config::Config& cfg) {

@@ -10,16 +10,17 @@
 #include <nlohmann/json.hpp>
 
 // ---- what the loop is made of ---------------------------------------------------------------
-#include "core/config/config.h"          // validation and derived sizes
-#include "core/data/dataset.h"           // samples by global index, per-DP-rank slices
-#include "core/logging/log.h"            // rank-aware spdlog
-#include "core/model/model.h"            // forward + backward of the whole model
-#include "core/modules/moe/moe_layer.h"  // MoE statistics and the aux-loss-free bias
-#include "core/optim/adamw.h"            // AdamW, schedule, gradient clipping
-#include "kernels/elementwise.h"         // finiteness checks
-#include "kernels/sequence.h"            // this SP rank's shard of each sequence
-#include "parallel/grad_sync.h"          // gradient reduction (DP x SP, expert DP), norm clip
-#include "parallel/process_grid.h"       // DP x SP groups, EP groups
+#include "core/config/config.h"            // validation and derived sizes
+#include "core/data/dataset.h"             // samples by global index, per-DP-rank slices
+#include "core/logging/log.h"              // rank-aware spdlog
+#include "core/model/model.h"              // forward + backward of the whole model
+#include "core/modules/moe/moe_layer.h"    // MoE statistics and the aux-loss-free bias
+#include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
+#include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
+#include "kernels/elementwise.h"           // finiteness checks
+#include "kernels/sequence.h"              // this SP rank's shard of each sequence
+#include "parallel/grad_sync.h"            // gradient reduction (DP x SP, expert DP), norm clip
+#include "parallel/process_grid.h"         // DP x SP groups, EP groups
 
 namespace linea {
 namespace {
@@ -44,6 +45,7 @@ std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_by
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   validate_config(cfg, world.size());
+  const Device device = training_device(cfg, world);  // refuses what cannot run, before any work
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
   parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp(), cfg.parallel().ep()});
@@ -67,12 +69,13 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
 
   const DType dtype = dtype_from_name(tc.dtype());
   Model model(cfg, dtype, &grid.sp(), &grid.ep());
-  model.init(tc.seed());
+  model.init(tc.seed());  // on the CPU, identically on every rank, then to the training device
+  if (!device.is_cpu()) model.to(device);
   AdamW optimizer(model.parameters(), cfg.optimizer());
   const int64_t total_parameters = parallel::count_parameters(model.parameters(), grid);
-  spdlog::info("model: {} parameters ({} on this rank), layers {} ({}), hidden {}, dtype {}",
+  spdlog::info("model: {} parameters ({} on this rank), layers {} ({}), hidden {}, dtype {}, on {}",
                total_parameters, model.num_parameters(), cfg.model().num_layers(),
-               resolved_layer_pattern(cfg), cfg.model().hidden_size(), tc.dtype());
+               resolved_layer_pattern(cfg), cfg.model().hidden_size(), tc.dtype(), device.str());
   spdlog::info("grid: world {} = dp {} x sp {}, ep {}; global batch {} x {} tokens", world.size(),
                dp, cfg.parallel().sp(), cfg.parallel().ep(),
                int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp, dataset->seq_len());
@@ -93,11 +96,11 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
           data::make_batch(*dataset, step, accum, micro, dp, grid.dp_rank(), tc.micro_batch_size());
       // Sequence parallelism: this rank keeps its contiguous shard of every sequence.
       const int64_t shard = dataset->seq_len() / grid.sp().size(), s0 = grid.sp_rank() * shard;
-      batches.push_back({kernels::slice_time(full.inputs, s0, s0 + shard),
-                         kernels::slice_time(full.targets, s0, s0 + shard)});
-      const Tensor& t = batches.back().targets;
-      const int32_t* tp = t.data<int32_t>();
-      for (int64_t i = 0; i < t.numel(); ++i) local_tokens += tp[i] >= 0;
+      data::Batch local{kernels::slice_time(full.inputs, s0, s0 + shard),
+                        kernels::slice_time(full.targets, s0, s0 + shard)};
+      const int32_t* tp = local.targets.data<int32_t>();
+      for (int64_t i = 0; i < local.targets.numel(); ++i) local_tokens += tp[i] >= 0;
+      batches.push_back({local.inputs.to(device), local.targets.to(device)});
     }
     // Token-weighted mean over the global batch: every rank scales its loss sum by
     // group_size / N_total so that the averaging all-reduce yields d(sum / N_total).

@@ -16,6 +16,11 @@ expect_error "$LINEA" validate-config --set optimizer.lr=-0.001; contains "$LAST
 expect_error "$LINEA" train --set optimizer.lr=-0.001 --set train.output_dir="$WORK/neg"
 contains "$LAST_ERROR" "optimizer.lr"
 [ ! -e "$WORK/neg/metrics.jsonl" ] || fail "training started despite a bad config"
+expect_error "$LINEA" validate-config --set train.device=tpu; contains "$LAST_ERROR" "train.device"
+# Without a GPU (CI), or with the tiny CPU model on a GPU (heads of 16), cuda is refused up front.
+expect_error "$LINEA" train --set train.device=cuda --set train.output_dir="$WORK/gpu"
+contains "$LAST_ERROR" "train.device = cuda"
+[ ! -e "$WORK/gpu/metrics.jsonl" ] || fail "training started on a device that cannot run it"
 printf 'model { hidden_size: 64\n  bogus: 1 }\n' >"$WORK/bad.pbtxt"
 expect_error "$LINEA" validate-config --config "$WORK/bad.pbtxt"; contains "$LAST_ERROR" "bad.pbtxt"
 contains "$LAST_ERROR" "bogus"

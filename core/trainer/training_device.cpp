@@ -1,0 +1,77 @@
+#include "core/trainer/training_device.h"
+
+#include <algorithm>
+
+
+#include "core/config/config.h"
+#include "core/modules/mixers/token_mixer.h"
+#include "parallel/launch_env.h"
+#ifdef LINEA_HAS_CUDA
+#include "core/tensor/cuda_device.h"
+#endif
+
+namespace linea {
+namespace {
+
+constexpr const char* kWhatRuns =
+    "train.device = cuda runs, today: every layer LINEAR_ATTENTION (feature map IDENTITY, "
+    "ELU_PLUS_ONE or RELU, no window, heads of 64 or 128, value width a multiple of 64) with a "
+    "DENSE channel mixer, train.dtype f32, train.precision f32, parallel.sp = ep = 1 "
+    "(docs/cuda.md)";
+
+void check_gpu_model(const config::Config& cfg) {
+  using MC = config::MixerConfig;
+  const auto& t = cfg.train();
+  LINEA_USER_CHECK(t.dtype() == "f32", kWhatRuns)
+      << "train.dtype = " << t.dtype() << " is not supported with train.device = cuda";
+  LINEA_USER_CHECK(t.precision() == "f32", kWhatRuns)
+      << "train.precision = " << t.precision() << ": bf16 mixed precision is not wired yet";
+  LINEA_USER_CHECK(cfg.parallel().sp() == 1 && cfg.parallel().ep() == 1, kWhatRuns)
+      << "parallel.sp = " << cfg.parallel().sp() << ", parallel.ep = " << cfg.parallel().ep()
+      << ": sequence and expert parallelism do not run on GPUs yet";
+  LINEA_USER_CHECK(cfg.model().channel_mixer().kind() == config::ChannelMixerConfig::DENSE,
+                   kWhatRuns)
+      << "model.channel_mixer.kind = "
+      << config::ChannelMixerConfig::Kind_Name(cfg.model().channel_mixer().kind())
+      << ": the MoE layers do not run on GPUs yet";
+  const std::string pattern = resolved_layer_pattern(cfg);
+  for (int layer = 0; layer < static_cast<int>(pattern.size()); ++layer) {
+    LINEA_USER_CHECK(pattern[layer] == 'L', kWhatRuns)
+        << "layer " << layer << " is softmax attention (model.layer_pattern " << pattern
+        << "): not on GPUs yet";
+    const MC m = mixer_config_for_layer(cfg, layer);
+    const bool map_ok = m.feature_map() == MC::IDENTITY || m.feature_map() == MC::ELU_PLUS_ONE ||
+                        m.feature_map() == MC::RELU;
+    const int64_t dk =
+        m.head_dim() > 0 ? m.head_dim() : cfg.model().hidden_size() / std::max(1, m.num_heads());
+    const int64_t dv = m.value_dim() > 0 ? m.value_dim() : dk;
+    LINEA_USER_CHECK(m.kind() == MC::LINEAR_ATTENTION && map_ok && m.window_size() == 0 &&
+                         (dk == 64 || dk == 128) && dv % 64 == 0,
+                     kWhatRuns)
+        << "layer " << layer << ": mixer " << MC::Kind_Name(m.kind()) << ", feature map "
+        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", head "
+        << dk << " x " << dv << " is not on GPUs yet";
+  }
+}
+
+}  // namespace
+
+Device training_device(const config::Config& cfg, const parallel::Communicator& world) {
+  if (cfg.train().device() != "cuda") return Device::cpu();
+#ifndef LINEA_HAS_CUDA
+  LINEA_USER_CHECK(false,
+                   "set train.device = cpu, or rebuild with the CUDA backend (configure where nvcc "
+                   "is found, or pass -DLINEA_CUDA=ON)")
+      << "train.device = cuda, but this build has no CUDA backend";
+  return Device::cpu();
+#else
+  const int n = cuda::device_count();
+  LINEA_USER_CHECK(n > 0, "set train.device = cpu, or run where an NVIDIA GPU is visible")
+      << "train.device = cuda, but there is no usable GPU: " << cuda::unavailable_reason();
+  check_gpu_model(cfg);
+  const int local = parallel::local_rank_from_environment();
+  return Device::cuda((local >= 0 ? local : world.rank()) % n);
+#endif
+}
+
+}  // namespace linea
