@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-
 #include "core/config/config.h"
 #include "core/modules/mixers/token_mixer.h"
 #include "parallel/launch_env.h"
@@ -49,8 +48,8 @@ void check_gpu_model(const config::Config& cfg) {
                          (dk == 64 || dk == 128) && dv % 64 == 0,
                      kWhatRuns)
         << "layer " << layer << ": mixer " << MC::Kind_Name(m.kind()) << ", feature map "
-        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", head "
-        << dk << " x " << dv << " is not on GPUs yet";
+        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", head " << dk
+        << " x " << dv << " is not on GPUs yet";
   }
 }
 

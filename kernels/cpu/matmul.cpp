@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/matmul_shapes.h"
 
 namespace linea::kernels {
 namespace {
@@ -38,22 +39,6 @@ void gemm_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, 
   cpu::gemm<T>(ta, tb, blas_int(m, op, "M"), blas_int(n, op, "N"), blas_int(k, op, "K"),
                static_cast<T>(alpha), a, blas_int(lda, op, "lda"), b, blas_int(ldb, op, "ldb"),
                static_cast<T>(beta), c, blas_int(ldc, op, "ldc"));
-}
-
-// Leading dimensions flattened into rows (from the shape, so a zero last dimension still counts).
-int64_t rows_of(const Tensor& t) {
-  int64_t r = 1;
-  for (int64_t i = 0; i + 1 < t.ndim(); ++i) r *= t.dim(i);
-  return r;
-}
-
-void check_linear_operand(const Tensor& t, int64_t cols, int64_t rows, const char* op,
-                          const char* name, const char* cols_name) {
-  LINEA_CHECK(t.ndim() >= 1 && t.dim(-1) == cols)
-      << op << ": " << name << " " << shape_str(t.shape()) << " must end in " << cols_name << " = "
-      << cols;
-  LINEA_CHECK(rows_of(t) == rows) << op << ": " << name << " " << shape_str(t.shape()) << " has "
-                                  << rows_of(t) << " rows, expected " << rows;
 }
 
 // y = x w^T with x [..., in], w [out, in]: the sizes, x's leading dimensions as n rows.

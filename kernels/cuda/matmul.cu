@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/matmul_shapes.h"
 
 namespace linea::kernels::cuda {
 namespace {
@@ -84,21 +85,6 @@ void check_output(const Tensor& t, const Tensor& ref, const char* op, const char
   LINEA_CHECK(t.dtype() == ref.dtype() || t.dtype() == DType::kF32)
       << op << ": " << name << " " << describe(t) << " must be " << dtype_name(ref.dtype())
       << " like " << ref_name << ", or f32";
-}
-
-int64_t rows_of(const Tensor& t) {
-  int64_t r = 1;
-  for (int64_t i = 0; i + 1 < t.ndim(); ++i) r *= t.dim(i);
-  return r;
-}
-
-void check_linear_operand(const Tensor& t, int64_t cols, int64_t rows, const char* op,
-                          const char* name, const char* cols_name) {
-  LINEA_CHECK(t.ndim() >= 1 && t.dim(-1) == cols)
-      << op << ": " << name << " " << shape_str(t.shape()) << " must end in " << cols_name << " = "
-      << cols;
-  LINEA_CHECK(rows_of(t) == rows) << op << ": " << name << " " << shape_str(t.shape()) << " has "
-                                  << rows_of(t) << " rows, expected " << rows;
 }
 
 struct LinearSizes {
