@@ -23,4 +23,25 @@ inline void check_linear_operand(const Tensor& t, int64_t cols, int64_t rows, co
                                   << rows_of(t) << " rows, expected " << rows;
 }
 
+// C = op(A) op(B) with 2-D a, b, c: the sizes M, N, K of op(a) [M, K], op(b) [K, N], c [M, N].
+struct GemmSizes {
+  int64_t m, n, k;
+};
+inline GemmSizes check_gemm_shapes(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                                   const Tensor& c, const char* op) {
+  LINEA_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
+      << op << ": a " << shape_str(a.shape()) << ", b " << shape_str(b.shape()) << ", c "
+      << shape_str(c.shape()) << " must all be 2-D";
+  const int64_t m = trans_a ? a.dim(1) : a.dim(0);
+  const int64_t k = trans_a ? a.dim(0) : a.dim(1);
+  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
+  const int64_t n = trans_b ? b.dim(0) : b.dim(1);
+  LINEA_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n)
+      << op << ": op(a) " << (trans_a ? "a^T" : "a") << " of a " << shape_str(a.shape()) << " is ["
+      << m << ", " << k << "], op(b) " << (trans_b ? "b^T" : "b") << " of b "
+      << shape_str(b.shape()) << " is [" << kb << ", " << n << "], c is " << shape_str(c.shape())
+      << "; need op(a) [M, K], op(b) [K, N], c [M, N]";
+  return {m, n, k};
+}
+
 }  // namespace linea::kernels

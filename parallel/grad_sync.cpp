@@ -66,6 +66,19 @@ void reduce_sharding(const ParameterList& params, ParamSharding sharding, Commun
   }
 }
 
+// The sum over the whole model of f(parameter), each parameter once: replicated parameters (the
+// same on every rank) locally, expert ones (different across the EP group, the same across
+// expert-DP) summed over grid.ep(). Every rank joins, holding experts or not, so the collective
+// matches.
+template <typename F>
+double sum_once_over_model(const ParameterList& params, const ProcessGrid& grid, F f) {
+  double replicated = 0, expert = 0;
+  for (const Parameter* p : params)
+    (p->sharding == ParamSharding::kExpert ? expert : replicated) += f(*p);
+  if (grid.ep().size() > 1) expert = grid.ep().all_reduce_scalar(expert, ReduceOp::kSum);
+  return replicated + expert;
+}
+
 }  // namespace
 
 void average_replicated_gradients(const ParameterList& params, const ProcessGrid& grid) {
@@ -86,23 +99,14 @@ void sync_gradients(const ParameterList& params, const ProcessGrid& grid) {
 }
 
 double global_grad_norm(const ParameterList& params, const ProcessGrid& grid) {
-  double replicated = 0, expert = 0;
-  for (const Parameter* p : params) {
-    if (!p->grad.defined()) continue;
-    (p->sharding == ParamSharding::kExpert ? expert : replicated) += kernels::sum_squares(p->grad);
-  }
-  // Every rank joins, holding experts or not, so the collective always matches.
-  if (grid.ep().size() > 1) expert = grid.ep().all_reduce_scalar(expert, ReduceOp::kSum);
-  return std::sqrt(replicated + expert);
+  return std::sqrt(sum_once_over_model(params, grid, [](const Parameter& p) {
+    return p.grad.defined() ? kernels::sum_squares(p.grad) : 0.0;
+  }));
 }
 
 int64_t count_parameters(const ParameterList& params, const ProcessGrid& grid) {
-  double replicated = 0, expert = 0;
-  for (const Parameter* p : params)
-    (p->sharding == ParamSharding::kExpert ? expert : replicated) +=
-        static_cast<double>(p->value.numel());
-  if (grid.ep().size() > 1) expert = grid.ep().all_reduce_scalar(expert, ReduceOp::kSum);
-  return static_cast<int64_t>(replicated + expert);
+  return static_cast<int64_t>(sum_once_over_model(
+      params, grid, [](const Parameter& p) { return static_cast<double>(p.value.numel()); }));
 }
 
 double clip_gradients(const ParameterList& params, const ProcessGrid& grid, double max_norm) {

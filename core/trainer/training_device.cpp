@@ -1,8 +1,7 @@
 #include "core/trainer/training_device.h"
 
-#include <algorithm>
-
 #include "core/config/config.h"
+#include "core/modules/mixers/mixer_factories.h"  // mixer_head_dim
 #include "core/modules/mixers/token_mixer.h"
 #include "parallel/launch_env.h"
 #ifdef LINEA_HAS_CUDA
@@ -41,8 +40,9 @@ void check_gpu_model(const config::Config& cfg) {
     const MC m = mixer_config_for_layer(cfg, layer);
     const bool map_ok = m.feature_map() == MC::IDENTITY || m.feature_map() == MC::ELU_PLUS_ONE ||
                         m.feature_map() == MC::RELU;
-    const int64_t dk =
-        m.head_dim() > 0 ? m.head_dim() : cfg.model().hidden_size() / std::max(1, m.num_heads());
+    MixerContext ctx;
+    ctx.hidden = cfg.model().hidden_size();
+    const int64_t dk = mixer_head_dim(ctx, m);
     const int64_t dv = m.value_dim() > 0 ? m.value_dim() : dk;
     LINEA_USER_CHECK(m.kind() == MC::LINEAR_ATTENTION && map_ok && m.window_size() == 0 &&
                          (dk == 64 || dk == 128) && dv % 64 == 0,

@@ -65,18 +65,8 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   check_float(a, op, "a");
   check_like(b, a, op, "b", "a");
   check_like(c, a, op, "c", "a");
-  LINEA_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
-      << op << ": a " << describe(a) << ", b " << describe(b) << ", c " << describe(c)
-      << " must all be 2-D";
-  const int64_t m = trans_a ? a.dim(1) : a.dim(0);
-  const int64_t k = trans_a ? a.dim(0) : a.dim(1);
-  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
-  const int64_t n = trans_b ? b.dim(0) : b.dim(1);
-  LINEA_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n)
-      << op << ": op(a) " << (trans_a ? "a^T" : "a") << " of a " << shape_str(a.shape()) << " is ["
-      << m << ", " << k << "], op(b) " << (trans_b ? "b^T" : "b") << " of b "
-      << shape_str(b.shape()) << " is [" << kb << ", " << n << "], c is " << shape_str(c.shape())
-      << "; need op(a) [M, K], op(b) [K, N], c [M, N]";
+  const GemmSizes s = check_gemm_shapes(a, trans_a, b, trans_b, c, op);
+  const int64_t m = s.m, n = s.n, k = s.k;
   cpu::dispatch_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     gemm_rows<T>(trans_a, trans_b, m, n, k, alpha, a.data<T>(), a.dim(1), b.data<T>(), b.dim(1),

@@ -25,16 +25,14 @@
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 
-#include "core/util/check.h"
 #include "kernels/cuda/chunk_scan.h"
+#include "kernels/cuda/common.cuh"  // to_float
 
 namespace linea::kernels::cuda {
 namespace {
 
 using namespace nvcuda;
-using bf16 = __nv_bfloat16;
 
 constexpr int kC = 64;     // chunk length
 constexpr int kDvT = 64;   // Dv slice per block
@@ -94,6 +92,15 @@ __device__ __forceinline__ void start_rows(bf16* dst, int ld, const bf16* src, i
   }
 }
 
+// Four floats rounded to bf16 and stored with one 8-byte access (dst 8-byte aligned).
+__device__ __forceinline__ void store4_bf16(bf16* dst, float4 x) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+  uint2 packed;
+  packed.x = *reinterpret_cast<uint32_t*>(&lo);
+  packed.y = *reinterpret_cast<uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(dst) = packed;
+}
+
 // 16 x Width f32 (ld kLdF) -> bf16 (ld) by one warp, 4 elements per lane and step, each times
 // factor(r, c) (0 drops it).
 template <int Width, typename Factor>
@@ -107,11 +114,7 @@ __device__ __forceinline__ void rows_to_bf16(const float* src, bf16* dst, int ld
     x.y *= factor(r, c + 1);
     x.z *= factor(r, c + 2);
     x.w *= factor(r, c + 3);
-    __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-    uint2 packed;
-    packed.x = *reinterpret_cast<uint32_t*>(&lo);
-    packed.y = *reinterpret_cast<uint32_t*>(&hi);
-    *reinterpret_cast<uint2*>(dst + r * ld + c) = packed;
+    store4_bf16(dst + r * ld + c, x);
   }
 }
 
@@ -322,11 +325,7 @@ __global__ void __launch_bounds__(kWarps * 32) chunk_scan_kernel(ChunkScanArgs a
         if constexpr (OutF32) {
           *reinterpret_cast<float4*>(static_cast<float*>(a.out) + off) = x;
         } else {
-          __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-          uint2 packed;
-          packed.x = *reinterpret_cast<uint32_t*>(&lo);
-          packed.y = *reinterpret_cast<uint32_t*>(&hi);
-          *reinterpret_cast<uint2*>(static_cast<bf16*>(a.out) + off) = packed;
+          store4_bf16(static_cast<bf16*>(a.out) + off, x);
         }
       }
     }
@@ -515,15 +514,6 @@ void chunk_scan(const ChunkScanArgs& a, cudaStream_t stream) {
 
 namespace {
 
-template <typename G>
-__device__ __forceinline__ float load_f(const G* p, int64_t i) {
-  if constexpr (std::is_same_v<G, float>) {
-    return p[i];
-  } else {
-    return __bfloat162float(p[i]);
-  }
-}
-
 // x[b, t, h] = sum_d q dq - k dk: one warp per (b, t, h) row.
 template <typename G>
 __global__ void decay_grad_rows(const bf16* q, const bf16* k, const G* dq, const G* dk,
@@ -534,7 +524,7 @@ __global__ void decay_grad_rows(const bf16* q, const bf16* k, const G* dq, const
   float acc = 0.0f;
   for (int d = lane; d < D; d += 32) {
     const int64_t i = row * D + d;
-    acc += __bfloat162float(q[i]) * load_f(dq, i) - __bfloat162float(k[i]) * load_f(dk, i);
+    acc += __bfloat162float(q[i]) * to_float(dq[i]) - __bfloat162float(k[i]) * to_float(dk[i]);
   }
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);

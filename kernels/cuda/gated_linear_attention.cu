@@ -16,10 +16,8 @@
 namespace linea::kernels::cuda {
 namespace {
 
+// t itself, or a bf16 copy of an f32 tensor (what the tensor cores take).
 Tensor as_bf16(const Tensor& t) { return t.dtype() == DType::kBF16 ? t : t.to(DType::kBF16); }
-const __nv_bfloat16* bf16_ptr(const Tensor& t) {
-  return reinterpret_cast<const __nv_bfloat16*>(t.data<BF16>());
-}
 
 struct Dims {
   int B, T, H, Dk, Dv;
@@ -70,7 +68,7 @@ void check_state_out(const Tensor& t, const Dims& d, const char* op, const char*
 ChunkScanArgs scan_args(const Dims& d, int dqk, int dv, const Tensor& q, const Tensor& k,
                         const Tensor& v, Tensor* out, const Tensor& gk) {
   ChunkScanArgs a;
-  a.q = q.defined() ? bf16_ptr(q) : nullptr, a.k = bf16_ptr(k), a.v = bf16_ptr(v);
+  a.q = q.defined() ? ptr<bf16>(q) : nullptr, a.k = ptr<bf16>(k), a.v = ptr<bf16>(v);
   a.out = out ? out->raw() : nullptr, a.out_f32 = out && out->dtype() == DType::kF32;
   a.B = d.B, a.T = d.T, a.H = d.H, a.Dqk = dqk, a.Dv = dv;
   a.g = gk.defined() ? gk.data<float>() : nullptr;
@@ -167,7 +165,7 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     run_scan(a, q.device());
   }
   OnDevice dev(q);
-  chunk_scan_decay_grad(bf16_ptr(qb), bf16_ptr(kb), dq_out.raw(), dk_out.raw(),
+  chunk_scan_decay_grad(ptr<bf16>(qb), ptr<bf16>(kb), dq_out.raw(), dk_out.raw(),
                         dq_out.dtype() == DType::kF32, ds_out ? s_out.data<float>() : nullptr,
                         ds_out, d.B, d.T, d.H, d.Dk, d.Dv, dgk.data<float>(), dev.stream);
   if (f32_grads) {

@@ -110,16 +110,8 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   check_float(a, op, "a");
   check_like(b, a, op, "b", "a");
   check_output(c, a, op, "c", "a");
-  LINEA_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
-      << op << ": a " << describe(a) << ", b " << describe(b) << ", c " << describe(c)
-      << " must all be 2-D";
-  const int64_t m = trans_a ? a.dim(1) : a.dim(0);
-  const int64_t k = trans_a ? a.dim(0) : a.dim(1);
-  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
-  const int64_t n = trans_b ? b.dim(0) : b.dim(1);
-  LINEA_CHECK(k == kb && c.dim(0) == m && c.dim(1) == n)
-      << op << ": op(a) is [" << m << ", " << k << "], op(b) is [" << kb << ", " << n << "], c is "
-      << shape_str(c.shape()) << "; need op(a) [M, K], op(b) [K, N], c [M, N]";
+  const GemmSizes s = check_gemm_shapes(a, trans_a, b, trans_b, c, op);
+  const int64_t m = s.m, n = s.n, k = s.k;
   OnDevice dev(a);
   gemm_rows(dev, trans_a, trans_b, m, n, k, alpha, a, a.dim(1), b, b.dim(1), beta, c, op);
 }

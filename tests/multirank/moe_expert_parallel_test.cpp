@@ -11,13 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "common/gradcheck.h"
 #include "core/modules/moe/moe_layer.h"
-#include "core/util/rng.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_grid.h"
 
 namespace linea {
 namespace {
+
+using testing::max_abs_diff;
+using testing::random_tensor;
 
 constexpr int64_t kD = 6;
 constexpr int64_t kTokens = 13;  // per rank; odd so that expert blocks are uneven
@@ -49,13 +52,6 @@ config::MoeConfig sigmoid_config() {
   return c;
 }
 
-Tensor random_tensor(const Shape& shape, uint64_t seed, const std::string& key) {
-  Rng rng(seed, key);
-  Tensor t = Tensor::empty(shape, DType::kF64);
-  for (int64_t i = 0; i < t.numel(); ++i) t.set_item(i, rng.normal());
-  return t;
-}
-
 std::map<std::string, Parameter*> by_name(MoeLayer& layer) {
   ParameterList ps;
   layer.collect(ps);
@@ -64,11 +60,10 @@ std::map<std::string, Parameter*> by_name(MoeLayer& layer) {
   return m;
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
+// max_abs_diff (tests/common/gradcheck.h) of two tensors that must have one size.
+double diff(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.numel(), b.numel());
-  double worst = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, std::abs(a.item(i) - b.item(i)));
-  return worst;
+  return a.numel() == b.numel() ? max_abs_diff(a, b) : 1e300;
 }
 
 void expect_ep_matches_replicated(const config::MoeConfig& cfg, int ep) {
@@ -93,11 +88,11 @@ void expect_ep_matches_replicated(const config::MoeConfig& cfg, int ep) {
   }
 
   // Each rank its own tokens (and its own output gradient).
-  const Tensor x = random_tensor({kTokens, kD}, 11, "x" + std::to_string(rank));
-  const Tensor dy = random_tensor({kTokens, kD}, 12, "dy" + std::to_string(rank));
+  const Tensor x = random_tensor({kTokens, kD}, 11 + 1000 * rank);
+  const Tensor dy = random_tensor({kTokens, kD}, 12 + 1000 * rank);
   const Tensor y_full = full.forward(x);
   const Tensor y_spread = spread.forward(x);
-  EXPECT_LT(max_abs_diff(y_full, y_spread), kTol) << "outputs";
+  EXPECT_LT(diff(y_full, y_spread), kTol) << "outputs";
   EXPECT_NEAR(full.stats().aux_loss, spread.stats().aux_loss, kTol);
   EXPECT_NEAR(full.stats().z_loss, spread.stats().z_loss, kTol);
   EXPECT_EQ(full.stats().dropped, spread.stats().dropped);
@@ -110,21 +105,21 @@ void expect_ep_matches_replicated(const config::MoeConfig& cfg, int ep) {
 
   const Tensor dx_full = full.backward(dy);
   const Tensor dx_spread = spread.backward(dy);
-  EXPECT_LT(max_abs_diff(dx_full, dx_spread), kTol) << "input gradients";
+  EXPECT_LT(diff(dx_full, dx_spread), kTol) << "input gradients";
 
   auto pf = by_name(full), ps = by_name(spread);
   for (auto& [name, p] : pf) {
     if (p->sharding == ParamSharding::kReplicated) {
       ASSERT_TRUE(ps.count(name)) << name;
-      EXPECT_LT(max_abs_diff(p->grad, ps.at(name)->grad), kTol) << name;
+      EXPECT_LT(diff(p->grad, ps.at(name)->grad), kTol) << name;
       continue;
     }
     // Expert parameter: the EP = 1 gradients summed over the EP group land on the owner.
     Tensor sum = p->grad.clone();
     grid.ep().all_reduce(sum);
     if (ps.count(name)) {
-      EXPECT_LT(max_abs_diff(sum, ps.at(name)->grad), kTol) << name;
-      EXPECT_LT(max_abs_diff(p->value, ps.at(name)->value), 1e-15) << name << " init";
+      EXPECT_LT(diff(sum, ps.at(name)->grad), kTol) << name;
+      EXPECT_LT(diff(p->value, ps.at(name)->value), 1e-15) << name << " init";
     }
   }
   // This rank holds exactly its block of experts (3 matrices each), plus the replicated ones.
@@ -149,28 +144,28 @@ void expect_sequence_split_matches_whole(config::MoeConfig cfg) {
   whole.init(5, 0.4, 0.3);
   shard.init(5, 0.4, 0.3);
   const int64_t n = kTokens * w;
-  const Tensor x = random_tensor({n, kD}, 21, "x"), dy = random_tensor({n, kD}, 22, "dy");
+  const Tensor x = random_tensor({n, kD}, 21), dy = random_tensor({n, kD}, 22);
   const Tensor y = whole.forward(x);
   whole.set_aux_grad_scale(w);
   const Tensor dx = whole.backward(dy);
 
   const Tensor xs = x.slice(rank * kTokens, (rank + 1) * kTokens).clone();
   const Tensor ys = shard.forward(xs);
-  EXPECT_LT(max_abs_diff(ys, y.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "outputs";
+  EXPECT_LT(diff(ys, y.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "outputs";
   EXPECT_NEAR(shard.stats().aux_loss, whole.stats().aux_loss, kTol);
   EXPECT_NEAR(shard.stats().z_loss, whole.stats().z_loss, kTol);
   EXPECT_GT(whole.stats().aux_loss, 0);
   const Tensor dxs = shard.backward(dy.slice(rank * kTokens, (rank + 1) * kTokens).clone());
-  EXPECT_LT(max_abs_diff(dxs, dx.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "dx";
+  EXPECT_LT(diff(dxs, dx.slice(rank * kTokens, (rank + 1) * kTokens)), kTol) << "dx";
 
   auto pw = by_name(whole), ps = by_name(shard);
   for (auto& [name, p] : pw) {
     if (p->sharding == ParamSharding::kReplicated) {
       Tensor sum = ps.at(name)->grad.clone();
       grid.world().all_reduce(sum);
-      EXPECT_LT(max_abs_diff(sum, p->grad), kTol) << name;
+      EXPECT_LT(diff(sum, p->grad), kTol) << name;
     } else if (ps.count(name)) {  // the owner already holds every rank's rows
-      EXPECT_LT(max_abs_diff(ps.at(name)->grad, p->grad), kTol) << name;
+      EXPECT_LT(diff(ps.at(name)->grad, p->grad), kTol) << name;
     }
   }
 }

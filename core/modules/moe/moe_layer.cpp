@@ -82,26 +82,17 @@ std::vector<int64_t> MoeLayer::local_counts() const {
   return counts;
 }
 
-Tensor MoeLayer::experts_forward(const Tensor& rows, const std::vector<int64_t>& counts) {
+Tensor MoeLayer::experts_apply(const Tensor& rows, const std::vector<int64_t>& counts,
+                               bool backward) {
   Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_);
   int64_t a = 0;
   for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
     if (counts[e] == 0) continue;
+    const Tensor in = rows.slice(a, a + counts[e]);
     Tensor block = out.slice(a, a + counts[e]);
-    block.copy_from(experts_[e]->forward(rows.slice(a, a + counts[e])));
+    block.copy_from(backward ? experts_[e]->backward(in) : experts_[e]->forward(in));
   }
   return out;
-}
-
-Tensor MoeLayer::experts_backward(const Tensor& drows, const std::vector<int64_t>& counts) {
-  Tensor dx = Tensor::empty({drows.dim(0), hidden_}, dtype_);
-  int64_t a = 0;
-  for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
-    if (counts[e] == 0) continue;
-    Tensor block = dx.slice(a, a + counts[e]);
-    block.copy_from(experts_[e]->backward(drows.slice(a, a + counts[e])));
-  }
-  return dx;
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -123,9 +114,9 @@ Tensor MoeLayer::forward(const Tensor& x) {
     dispatcher_->prepare(expert_of_row);
     // dispatch -> this rank's experts on every source's rows -> combine back to plan order
     expert_out_ =
-        dispatcher_->combine(experts_forward(dispatcher_->dispatch(rows), local_counts()));
+        dispatcher_->combine(experts_apply(dispatcher_->dispatch(rows), local_counts(), false));
   } else {
-    expert_out_ = experts_forward(rows, local_counts());
+    expert_out_ = experts_apply(rows, local_counts(), false);
   }
   // finish: un-permute and combine with the router weights
   Tensor y = unpermute_combine(expert_out_, plan_, r.weight);
@@ -180,9 +171,9 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   if (dispatcher_) {
     // combine's backward is dispatch; dispatch's backward is combine (expert_dispatch.h).
     const Tensor d_received = dispatcher_->combine_backward(drows);
-    drows = dispatcher_->dispatch_backward(experts_backward(d_received, local_counts()));
+    drows = dispatcher_->dispatch_backward(experts_apply(d_received, local_counts(), true));
   } else {
-    drows = experts_backward(drows, local_counts());
+    drows = experts_apply(drows, local_counts(), true);
   }
   permute_tokens_backward(drows, plan_, dx);
   kernels::add_inplace(dx, router_.backward(dweight, aux_grad_scale_));

@@ -70,9 +70,9 @@ class MoeLayer : public ChannelMixer {
   int64_t first_local_expert() const { return first_local_; }
 
  private:
-  // Runs local expert l on rows [offset_l, offset_l + counts[l]) (counts: one per local expert).
-  Tensor experts_forward(const Tensor& rows, const std::vector<int64_t>& counts);
-  Tensor experts_backward(const Tensor& drows, const std::vector<int64_t>& counts);
+  // Local expert l's forward (or, with backward, its backward) on rows [offset_l, offset_l +
+  // counts[l]) of `rows` (counts: one per local expert, in order).
+  Tensor experts_apply(const Tensor& rows, const std::vector<int64_t>& counts, bool backward);
   // Rows per local expert of the current plan (no EP group: the plan's own blocks).
   std::vector<int64_t> local_counts() const;
 
