@@ -42,6 +42,12 @@ class Lasp2Mixer final : public TokenMixer {
     inner_->init(seed, std, out_std);
   }
   void collect(ParameterList& out) override { inner_->collect(out); }
+  void release_saved() override {
+    inner_->release_saved();
+    x_ = halo_ = Tensor();
+    s_in_.clear();
+    all_transitions_.clear();
+  }
   // The SP group holds whole sequences: `in` must carry no states or halo, and `out` gets none.
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;

@@ -76,6 +76,13 @@ int mpi_count(int64_t n, const char* op, const std::string& group) {
   return static_cast<int>(n);
 }
 
+bool on_gpu(const Tensor& t) { return t.defined() && !t.device().is_cpu(); }
+
+// A CPU buffer with the shape and dtype of `t` (its values when `with_values`).
+Tensor host_copy(const Tensor& t, bool with_values) {
+  return with_values ? t.cpu() : Tensor::empty(t.shape(), t.dtype(), Device::cpu());
+}
+
 }  // namespace
 
 // ---- MpiRuntime -----------------------------------------------------------------------------
@@ -132,7 +139,17 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, std::st
   return std::make_unique<MpiCommunicator>(out, std::move(name));
 }
 
+// CUDA tensors are staged through host copies (this backend does not assume a CUDA-aware MPI):
+// the collective runs on the copies and the results are copied back, so a model on GPUs runs over
+// MPI ranks (several ranks sharing one GPU included) with exactly the CPU semantics and byte
+// counts. The NCCL communicator is the fast path for CUDA tensors.
 void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
+  if (on_gpu(t)) {
+    Tensor h = host_copy(t, true);
+    all_reduce(h, op);
+    t.copy_from(h);
+    return;
+  }
   detail::check_tensor("all_reduce", name_, t, true);
   const int n = mpi_count(t.numel(), "all_reduce", name_);
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.raw(), n, mpi_type(t.dtype()), mpi_op(op), comm_));
@@ -141,6 +158,14 @@ void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
 }
 
 void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  if (on_gpu(in) || on_gpu(out)) {
+    // An in-place gather (in is this rank's block of out) needs no aliasing on the host: the
+    // copy of in holds the same values.
+    Tensor hout = host_copy(out, false);
+    all_gather(host_copy(in, true), hout);
+    out.copy_from(hout);
+    return;
+  }
   detail::check_tensor("all_gather", name_, in, false);
   detail::check_tensor("all_gather", name_, out, false);
   detail::check_same_dtype("all_gather", name_, in, out);
@@ -154,6 +179,12 @@ void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {
 }
 
 void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  if (on_gpu(in) || on_gpu(out)) {
+    Tensor hout = host_copy(out, false);
+    reduce_scatter(host_copy(in, true), hout, op);
+    out.copy_from(hout);
+    return;
+  }
   detail::check_tensor("reduce_scatter", name_, in, true);
   detail::check_tensor("reduce_scatter", name_, out, true);
   detail::check_same_dtype("reduce_scatter", name_, in, out);
@@ -168,6 +199,12 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
 
 void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                    Tensor& out, const std::vector<int64_t>& recv_counts) {
+  if (on_gpu(in) || on_gpu(out)) {
+    Tensor hout = host_copy(out, false);
+    all_to_all_v(host_copy(in, true), send_counts, hout, recv_counts);
+    out.copy_from(hout);
+    return;
+  }
   detail::check_tensor("all_to_all_v", name_, in, false);
   detail::check_tensor("all_to_all_v", name_, out, false);
   const int64_t width = detail::check_all_to_all(name_, size_, in, send_counts, out, recv_counts);
@@ -194,6 +231,12 @@ void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>&
 }
 
 void MpiCommunicator::broadcast(Tensor& t, int root) {
+  if (on_gpu(t)) {
+    Tensor h = host_copy(t, true);
+    broadcast(h, root);
+    t.copy_from(h);
+    return;
+  }
   detail::check_tensor("broadcast", name_, t, false);
   LINEA_CHECK(root >= 0 && root < size_) << "broadcast on group '" << name_ << "': root " << root
                                          << " is not a rank of this group of " << size_;
@@ -204,6 +247,7 @@ void MpiCommunicator::broadcast(Tensor& t, int root) {
 }
 
 void MpiCommunicator::send(const Tensor& t, int peer, int tag) {
+  if (on_gpu(t)) return send(host_copy(t, true), peer, tag);
   detail::check_tensor("send", name_, t, false);
   detail::check_peer("send", name_, size_, rank_, peer);
   LINEA_CHECK(tag >= 0) << "send on group '" << name_ << "': negative tag " << tag;
@@ -213,6 +257,12 @@ void MpiCommunicator::send(const Tensor& t, int peer, int tag) {
 }
 
 void MpiCommunicator::recv(Tensor& t, int peer, int tag) {
+  if (on_gpu(t)) {
+    Tensor h = host_copy(t, false);
+    recv(h, peer, tag);
+    t.copy_from(h);
+    return;
+  }
   detail::check_tensor("recv", name_, t, false);
   detail::check_peer("recv", name_, size_, rank_, peer);
   LINEA_CHECK(tag >= 0) << "recv on group '" << name_ << "': negative tag " << tag;

@@ -1,4 +1,5 @@
-// The MPI backend of Communicator (CPU tensors). MPI_CHECK reports the call, file:line and rank.
+// The MPI backend of Communicator (CPU tensors; CUDA tensors are staged through host copies).
+// MPI_CHECK reports the call, file:line and rank.
 //
 // Types: f32, f64, i32, i64 everywhere; bf16 only where no arithmetic happens (all_gather,
 // all_to_all_v, broadcast, send/recv move it as raw 16-bit words); reductions on bf16 are errors

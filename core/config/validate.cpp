@@ -313,6 +313,7 @@ void validate_train(const config::Config& cfg) {
   check_one_of(t.dtype(), {"f32", "f64"}, "train.dtype");
   check_one_of(t.precision(), {"f32", "bf16"}, "train.precision");
   check_one_of(t.device(), {"cpu", "cuda"}, "train.device");
+  check_one_of(t.recompute(), {"none", "selective", "full"}, "train.recompute");
 }
 
 void validate_checkpoint_and_logging(const config::Config& cfg) {

@@ -43,28 +43,74 @@ Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Commun
                                sp, layer)),
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
-      mlp_(make_channel_mixer(cfg, layer, dtype, sp, ep)) {}
+      mlp_(make_channel_mixer(cfg, layer, dtype, sp, ep)) {
+  const std::string& r = cfg.train().recompute();
+  recompute_ = r == "full" ? Recompute::kFull
+                           : (r == "selective" ? Recompute::kSelective : Recompute::kNone);
+}
 
 void Block::init(uint64_t seed, double std, double out_std) {
   mixer_->init(seed, std, out_std);
   mlp_->init(seed, std, out_std);
 }
 
-Tensor Block::forward(const Tensor& x) {
+Tensor Block::mixer_half(const Tensor& x) {
   Tensor h = Tensor::empty(x.shape(), x.dtype());
   kernels::add(x, mixer_->forward(attn_norm_.forward(x)), h);
+  return h;
+}
+
+Tensor Block::channel_half(const Tensor& h) {
   Tensor y = Tensor::empty(h.shape(), h.dtype());
   kernels::add(h, mlp_->forward(mlp_norm_.forward(h)), y);
   return y;
 }
 
+void Block::replay_channel_half() {
+  // The replay repeats a forward the step has counted already (MoE load statistics).
+  if (MoeLayer* m = mlp_->moe()) m->set_replaying(true);
+  mlp_->forward(mlp_norm_.forward(saved_h_));
+  if (MoeLayer* m = mlp_->moe()) m->set_replaying(false);
+  saved_h_ = Tensor();
+}
+
+Tensor Block::forward(const Tensor& x) {
+  Tensor h = mixer_half(x);
+  if (recompute_ == Recompute::kFull) {
+    attn_norm_.release_saved();
+    mixer_->release_saved();
+    saved_x_ = x;
+  }
+  Tensor y = channel_half(h);
+  if (recompute_ != Recompute::kNone) {
+    mlp_norm_.release_saved();
+    mlp_->release_saved();
+    if (recompute_ == Recompute::kSelective) saved_h_ = h;
+  }
+  return y;
+}
+
 Tensor Block::backward(const Tensor& dy) {
+  if (recompute_ == Recompute::kFull) {
+    // Mixer statistics are not accumulated by the forward, so the mixer half replays as is.
+    saved_h_ = mixer_half(saved_x_);
+    saved_x_ = Tensor();
+  }
+  if (recompute_ != Recompute::kNone) replay_channel_half();
   // dh = dy + d(mlp branch); dx = dh + d(mixer branch)
   Tensor dh = mlp_norm_.backward(mlp_->backward(dy));
   kernels::add_inplace(dh, dy);
   Tensor dx = attn_norm_.backward(mixer_->backward(dh));
   kernels::add_inplace(dx, dh);
   return dx;
+}
+
+void Block::release_saved() {
+  attn_norm_.release_saved();
+  mixer_->release_saved();
+  mlp_norm_.release_saved();
+  mlp_->release_saved();
+  saved_x_ = saved_h_ = Tensor();
 }
 
 void Block::collect(ParameterList& out) {

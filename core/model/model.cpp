@@ -1,5 +1,6 @@
 #include "core/model/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/config/config.h"
@@ -41,16 +42,49 @@ void Model::init(uint64_t seed) {
   if (lm_head_.value.defined()) init_normal(lm_head_, seed, std);
 }
 
-Tensor Model::forward_logits(const Tensor& inputs) {
+Tensor Model::forward_hidden(const Tensor& inputs) {
   const int64_t B = inputs.dim(0), T = inputs.dim(1), D = cfg_.model().hidden_size();
   Tensor x = Tensor::empty({B, T, D}, dtype_);
   kernels::embedding_forward(inputs, embeddings_.value, x);
   for (auto& b : blocks_) x = b->forward(x);
-  final_hidden_ = final_norm_->forward(x);
-  const Parameter& head = lm_head_.value.defined() ? lm_head_ : embeddings_;
-  Tensor logits = Tensor::empty({B * T, cfg_.model().vocab_size()}, dtype_);
-  kernels::linear_forward(final_hidden_.view({B * T, D}), head.value, logits);
-  return logits;
+  return final_norm_->forward(x).view({B * T, D});
+}
+
+int64_t Model::head_chunk_rows(int64_t rows) const {
+  if (head_chunk_rows_ > 0) return std::min(head_chunk_rows_, rows);
+  // At most ~1 GiB of logits at a time: one chunk for small models, a few thousand rows of a
+  // 150k vocabulary.
+  const int64_t row_bytes = cfg_.model().vocab_size() * static_cast<int64_t>(dtype_size(dtype_));
+  return std::clamp<int64_t>((int64_t{1} << 30) / row_bytes, 1, rows);
+}
+
+double Model::head_loss(const Tensor& hidden, const Tensor& targets, double grad_scale,
+                        Tensor* dhidden, int64_t* tokens) {
+  const int64_t rows = hidden.dim(0), V = cfg_.model().vocab_size();
+  Parameter& head = lm_head_.value.defined() ? lm_head_ : embeddings_;
+  const int64_t chunk = head_chunk_rows(rows);
+  Tensor logits = Tensor::empty({chunk, V}, dtype_);
+  Tensor lse = Tensor::empty({chunk}, dtype_);
+  double loss_sum = 0;
+  *tokens = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t r1 = std::min(rows, r0 + chunk);
+    Tensor lg = r1 - r0 == chunk ? logits : logits.slice(0, r1 - r0);
+    Tensor ls = r1 - r0 == chunk ? lse : lse.slice(0, r1 - r0);
+    const Tensor h = hidden.slice(r0, r1), t = targets.slice(r0, r1);
+    kernels::linear_forward(h, head.value, lg);
+    int64_t n = 0;
+    const double mean = kernels::cross_entropy_forward(lg, t, ls, &n);
+    loss_sum += mean * static_cast<double>(n);
+    *tokens += n;
+    if (dhidden) {
+      // d(grad_scale * loss_sum) over this chunk, written into its logits buffer.
+      kernels::cross_entropy_backward(lg, t, ls, grad_scale * static_cast<double>(n), n, lg);
+      Tensor dh = dhidden->slice(r0, r1);
+      kernels::linear_backward(h, head.value, lg, dh, head.grad);
+    }
+  }
+  return loss_sum;
 }
 
 void Model::add_moe_stats(LossStats& stats) const {
@@ -72,23 +106,15 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
                                   double aux_grad_scale) {
   const DefaultDeviceScope on(device());
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), D = cfg_.model().hidden_size();
-  Tensor logits = forward_logits(batch.inputs);
-  Tensor targets = batch.targets.view({B * T});
-  Tensor lse = Tensor::empty({B * T}, dtype_);
-  int64_t n = 0;
-  double mean = kernels::cross_entropy_forward(logits, targets, lse, &n);
-  LossStats stats{mean * static_cast<double>(n), n};
+  const Tensor hidden = forward_hidden(batch.inputs);
+  // The LM head and the loss go chunk by chunk of rows (head_chunk_rows), each chunk's backward
+  // right after its forward, so the logits never exist for the whole micro-batch.
+  Tensor dh = Tensor::empty({B * T, D}, dtype_);
+  LossStats stats;
+  stats.loss_sum = head_loss(hidden, batch.targets.view({B * T}), grad_scale, &dh, &stats.tokens);
   add_moe_stats(stats);
   for (MoeLayer* moe : moe_layers_) moe->set_aux_grad_scale(aux_grad_scale);
-
-  // d(grad_scale * loss_sum) = grad_scale * n * d(mean); written into the logits buffer.
-  kernels::cross_entropy_backward(logits, targets, lse, grad_scale * static_cast<double>(n), n,
-                                  logits);
-  Parameter& head = lm_head_.value.defined() ? lm_head_ : embeddings_;
-  Tensor dh = Tensor::empty({B, T, D}, dtype_);
-  kernels::linear_backward(final_hidden_.view({B * T, D}), head.value, logits, dh, head.grad);
-  final_hidden_ = Tensor();
-  Tensor dx = final_norm_->backward(dh);
+  Tensor dx = final_norm_->backward(dh.view({B, T, D}));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->backward(dx);
   kernels::embedding_backward(batch.inputs, dx, embeddings_.grad);
   return stats;
@@ -97,13 +123,12 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
 LossStats Model::forward_loss(const data::Batch& batch) {
   const DefaultDeviceScope on(device());
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1);
-  Tensor logits = forward_logits(batch.inputs);
-  Tensor lse = Tensor::empty({B * T}, dtype_);
-  int64_t n = 0;
-  double mean = kernels::cross_entropy_forward(logits, batch.targets.view({B * T}), lse, &n);
+  const Tensor hidden = forward_hidden(batch.inputs);
   // Forward-only: drop what the backward would have needed.
-  final_hidden_ = Tensor();
-  LossStats stats{mean * static_cast<double>(n), n};
+  final_norm_->release_saved();
+  for (auto& b : blocks_) b->release_saved();
+  LossStats stats;
+  stats.loss_sum = head_loss(hidden, batch.targets.view({B * T}), 0.0, nullptr, &stats.tokens);
   add_moe_stats(stats);
   return stats;
 }

@@ -55,8 +55,19 @@ class Model {
   void zero_grad();
   DType dtype() const { return dtype_; }
 
+  // Rows of logits the LM head and loss handle at a time (0: automatic, about 1 GiB of logits);
+  // for tests of the chunked head.
+  void set_head_chunk_rows(int64_t rows) { head_chunk_rows_ = rows; }
+
  private:
-  Tensor forward_logits(const Tensor& inputs);
+  // Embedding, blocks and final norm: the normed hidden states [B * T, D].
+  Tensor forward_hidden(const Tensor& inputs);
+  int64_t head_chunk_rows(int64_t rows) const;
+  // Sum of the token losses of `hidden` against `targets`, chunk by chunk of rows; with dhidden,
+  // each chunk's backward follows its forward: dhidden gets d(grad_scale * loss_sum)/d(hidden)
+  // and the head's gradient accumulates. *tokens: the counted (non-ignored) targets.
+  double head_loss(const Tensor& hidden, const Tensor& targets, double grad_scale, Tensor* dhidden,
+                   int64_t* tokens);
   void add_moe_stats(LossStats& stats) const;
 
   config::Config cfg_;
@@ -67,7 +78,7 @@ class Model {
   Parameter lm_head_;  // undefined value when tied
   ParameterList params_;
   std::vector<MoeLayer*> moe_layers_;
-  Tensor final_hidden_;  // saved for the LM-head backward
+  int64_t head_chunk_rows_ = 0;
 };
 
 }  // namespace linea

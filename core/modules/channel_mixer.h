@@ -18,6 +18,10 @@ class ChannelMixer {
   // dy [..., D] -> dx [..., D]; accumulates (`+=`) into parameter gradients.
   virtual Tensor backward(const Tensor& dy) = 0;
   virtual void collect(ParameterList& out) = 0;
+  // Drops every activation the last forward saved, so that activation recomputation
+  // (train.recompute) keeps only the block inputs between forward and backward; the next forward
+  // saves them again.
+  virtual void release_saved() = 0;
   // The MoE layer behind this mixer, or null for a dense one (statistics, aux-loss scale, bias).
   virtual MoeLayer* moe() { return nullptr; }
 };

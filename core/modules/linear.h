@@ -14,6 +14,8 @@ class Linear {
   // dy [..., out] -> dx [..., in]; dW += dy^T x. Releases the saved input.
   Tensor backward(const Tensor& dy);
   void collect(ParameterList& out) { out.push_back(&weight_); }
+  // Drops what forward saved (activation recomputation runs forward again before backward).
+  void release_saved() { x_ = Tensor(); }
   Parameter& weight() { return weight_; }
   int64_t in_features() const { return weight_.value.dim(1); }
   int64_t out_features() const { return weight_.value.dim(0); }

@@ -12,6 +12,7 @@ class RMSNorm {
   Tensor forward(const Tensor& x);
   Tensor backward(const Tensor& dy);
   void collect(ParameterList& out) { out.push_back(&weight_); }
+  void release_saved() { x_ = rstd_ = Tensor(); }
 
  private:
   Parameter weight_;

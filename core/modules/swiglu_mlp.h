@@ -14,6 +14,12 @@ class SwiGLUMLP : public ChannelMixer {
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    gate_.release_saved();
+    up_.release_saved();
+    down_.release_saved();
+    g_ = u_ = Tensor();
+  }
 
  private:
   Linear gate_, up_, down_;

@@ -31,6 +31,16 @@ class BasicLinearAttention final : public TokenMixer {
   BasicLinearAttention(const MixerContext& ctx, const config::MixerConfig& m);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    phi_.release_saved();
+    for (Linear* l : {&q_proj_, &k_proj_, &v_proj_, &o_proj_}) l->release_saved();
+    if (o_norm_) o_norm_->release_saved();
+    core_.release_saved();
+    if (win_) {
+      for (Linear* l : {&win_->q_proj, &win_->k_proj, &win_->v_proj}) l->release_saved();
+      win_->q = win_->k = win_->v = win_->o = win_->lse = Tensor();
+    }
+  }
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return 1; }

@@ -28,6 +28,16 @@ class DecayAttention final : public TokenMixer {
   DecayAttention(const MixerContext& ctx, const config::MixerConfig& m);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    for (Linear* l : {&q_proj_, &k_proj_, &v_proj_, &o_proj_}) l->release_saved();
+    for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+      if (*c) (*c)->release_saved();
+    for (auto* l : {&gk_proj_, &gk_up_, &g_proj_})
+      if (*l) (*l)->release_saved();
+    if (o_norm_) o_norm_->release_saved();
+    core_.release_saved();
+    q_pre_ = k_pre_ = gate_logits_ = gate_in_ = normed_ = Tensor();
+  }
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return 1; }
@@ -69,6 +79,14 @@ class Mamba2 final : public TokenMixer {
   Mamba2(const MixerContext& ctx, const config::MixerConfig& m);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    in_proj_.release_saved();
+    out_proj_.release_saved();
+    if (conv_) conv_->release_saved();
+    if (norm_) norm_->release_saved();
+    core_.release_saved();
+    xbc_raw_ = xs_ = dt_in_ = dt_ = g_ = z_ = o_ = Tensor();
+  }
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return 1; }

@@ -59,6 +59,12 @@ void ConvProjection::collect_conv(ParameterList& out) {
   if (conv_) conv_->collect(out);
 }
 
+void ConvProjection::release_saved() {
+  proj_.release_saved();
+  if (conv_) conv_->release_saved();
+  pre_ = Tensor();
+}
+
 Tensor ConvProjection::forward(const Tensor& xe) {
   const Tensor pre = proj_.forward(xe);
   if (conv_) return conv_->forward(pre);
@@ -143,6 +149,17 @@ void DeltaMixer::collect(ParameterList& out) {
   v_branch_.collect_conv(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
+}
+
+void DeltaMixer::release_saved() {
+  for (ConvProjection* b : {&q_branch_, &k_branch_, &v_branch_}) b->release_saved();
+  b_proj_.release_saved();
+  if (a_proj_) a_proj_->release_saved();
+  if (out_gate_) out_gate_->release_saved();
+  if (o_norm_) o_norm_->release_saved();
+  o_proj_.release_saved();
+  core_.release_saved();
+  q_raw_ = k_raw_ = q_rstd_ = k_rstd_ = q_ = k_ = b_ = beta_ = a_ = g_ = Tensor();
 }
 
 Tensor DeltaMixer::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {

@@ -41,6 +41,7 @@ class ConvProjection {
   void init(uint64_t seed, double std);
   void collect_projection(ParameterList& out) { proj_.collect(out); }
   void collect_conv(ParameterList& out);
+  void release_saved();
   // xe [B, K - 1 + T, in] -> [B, T, out].
   Tensor forward(const Tensor& xe);
   // dy [B, T, out] -> dxe [B, K - 1 + T, in]; conv weight and projection grads `+=`.
@@ -58,6 +59,7 @@ class DeltaMixer final : public TokenMixer {
   DeltaMixer(const MixerContext& ctx, const config::MixerConfig& m);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override;
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return 1; }

@@ -131,6 +131,17 @@ void GatedSlotAttention::collect(ParameterList& out) {
   o_proj_.collect(out);
 }
 
+void GatedSlotAttention::release_saved() {
+  for (Linear* l : {&q_proj_, &k_proj_, &v_proj_, &f_proj_, &o_proj_}) l->release_saved();
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) (*c)->release_saved();
+  if (out_gate_) out_gate_->release_saved();
+  if (o_norm_) o_norm_->release_saved();
+  keys_.release_saved();
+  values_.release_saved();
+  q_pre_ = k_pre_ = v_pre_ = f_ = log_alpha_ = p_ = Tensor();
+}
+
 Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   const int64_t B = x.dim(0), T = x.dim(1), halo = halo_size();
   T_ = T;

@@ -34,6 +34,7 @@ class GatedSlotAttention final : public TokenMixer {
   GatedSlotAttention(const MixerContext& ctx, const config::MixerConfig& m);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override;
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return 2; }

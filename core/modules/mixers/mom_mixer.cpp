@@ -257,6 +257,17 @@ class MomMemory {
     return out;
   }
 
+  void release_saved() {
+    k_proj_.release_saved();
+    v_proj_.release_saved();
+    for (auto* l : {&b_proj_, &a_proj_, &gk_proj_, &gk_up_})
+      if (*l) (*l)->release_saved();
+    delta_.release_saved();
+    gla_.release_saved();
+    route_ = MemoryRoute{};
+    kp_ = vp_ = k_c_ = k_rstd_ = b_pre_ = a_pre_ = gk_pre_ = Tensor();
+  }
+
  private:
   static std::string name(const MixerContext& ctx, int index, const std::string& base) {
     if (index < 0) return ctx.prefix + ".shared_" + base;
@@ -371,6 +382,22 @@ void MixtureOfMemories::collect(ParameterList& out) {
   if (out_gate_) out_gate_->collect(out);
   if (o_norm_) o_norm_->collect(out);
   o_proj_.collect(out);
+}
+
+void MixtureOfMemories::release_saved() {
+  q_proj_.release_saved();
+  gate_.release_saved();
+  for (auto& mem : memories_) mem->release_saved();
+  for (auto* c : {&q_conv_, &k_conv_, &v_conv_})
+    if (*c) (*c)->release_saved();
+  if (out_gate_) out_gate_->release_saved();
+  if (o_norm_) o_norm_->release_saved();
+  o_proj_.release_saved();
+  qp_ = q_act_ = q_rstd_ = weights_ = Tensor();
+  chosen_.clear();
+  slot_.clear();
+  routes_.clear();
+  memory_out_.clear();
 }
 
 Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {

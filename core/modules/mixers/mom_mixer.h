@@ -55,6 +55,7 @@ class MixtureOfMemories final : public TokenMixer {
   ~MixtureOfMemories() override;
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override;
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   int num_states() const override { return static_cast<int>(memories_.size()); }

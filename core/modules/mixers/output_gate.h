@@ -14,6 +14,10 @@ class SwishOutputGate {
                   DType dtype);
   void init(uint64_t seed, double std) { init_normal(proj_.weight(), seed, std); }
   void collect(ParameterList& out) { proj_.collect(out); }
+  void release_saved() {
+    proj_.release_saved();
+    gate_ = o_ = Tensor();
+  }
   // x [B, T, D], o [B, T, H, dv] -> y [B, T, H, dv]; saves the gate and o.
   Tensor forward(const Tensor& x, const Tensor& o);
   // dy [B, T, H, dv] -> do; the gradient reaching x through Wg goes to dx.

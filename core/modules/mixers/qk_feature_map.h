@@ -38,6 +38,9 @@ class QKFeatureMap {
   double scale() const { return scale_; }
   void init(uint64_t seed);
   void collect(ParameterList& out);
+  void release_saved() {
+    for (Saved& s : saved_) s = Saved{};
+  }
 
   // x [B, T, H, in_dim] -> [B, T, H, out_dim]; saves what the backward of this side needs.
   Tensor forward(Side side, const Tensor& x);

@@ -38,6 +38,7 @@ class ShortConv {
   void init(uint64_t seed, double std);
   void collect(ParameterList& out) { out.push_back(&weight_); }
   int64_t kernel() const { return weight_.value.dim(1); }
+  void release_saved() { x_ = Tensor(); }
 
   // x_ext [B, K - 1 + T, C] -> [B, T, C], saving x_ext for the backward.
   Tensor forward(const Tensor& x_ext);

@@ -50,6 +50,12 @@ class SoftmaxAttention final : public TokenMixer {
   SoftmaxAttention(const MixerContext& ctx, const config::AttentionConfig& a);
   void init(uint64_t seed, double std, double out_std) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    for (Linear* l : {&q_proj_, &k_proj_, &v_proj_, &o_proj_}) l->release_saved();
+    for (auto* n : {&q_norm_, &k_norm_})
+      if (*n) (*n)->release_saved();
+    q_ = k_ = v_ = o_ = lse_ = Tensor();
+  }
   Tensor forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) override;
   Tensor backward_segment(const Tensor& dy, const SegmentGradIn& in, SegmentGradOut* out) override;
   // LASP-2H: from now on forward/backward treat x as this rank's shard of sequences split over

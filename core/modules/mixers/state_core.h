@@ -22,6 +22,7 @@ class GlaCore {
   };
   // ds_out undefined = zero. Releases what the forward saved.
   Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
+  void release_saved() { q_ = k_ = v_ = gk_ = gv_ = s_in_ = Tensor(); }
 
  private:
   int64_t chunk_;
@@ -41,6 +42,7 @@ class DeltaCore {
     Tensor dq, dk, dv, dg, dbeta, ds_in;
   };
   Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
+  void release_saved() { q_ = k_ = v_ = g_ = beta_ = s_in_ = Tensor(); }
 
  private:
   int64_t chunk_;

@@ -27,6 +27,9 @@ class TokenMixer {
   // std for input projections, out_std for the output projection.
   virtual void init(uint64_t seed, double std, double out_std) = 0;
   virtual void collect(ParameterList& out) = 0;
+  // Drops every activation the last forward saved (activation recomputation, train.recompute:
+  // the block runs forward again before its backward). Parameters and gradients stay.
+  virtual void release_saved() = 0;
 
   Tensor forward(const Tensor& x) { return forward_segment(x, SegmentIn{}, nullptr); }
   Tensor backward(const Tensor& dy) { return backward_segment(dy, SegmentGradIn{}, nullptr); }

@@ -139,7 +139,9 @@ Tensor MoeLayer::forward(const Tensor& x) {
   stats_.max_load = *std::max_element(stats_.load.begin(), stats_.load.end());
   stats_.mean_load = static_cast<double>(N * r.top_k) / static_cast<double>(num_experts());
   stats_.dropped = plan_.dropped;
-  for (int64_t e = 0; e < num_experts(); ++e) step_load_[e] += static_cast<double>(stats_.load[e]);
+  if (!replaying_)
+    for (int64_t e = 0; e < num_experts(); ++e)
+      step_load_[e] += static_cast<double>(stats_.load[e]);
   return y.view(shape);
 }
 

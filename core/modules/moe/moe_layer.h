@@ -54,6 +54,18 @@ class MoeLayer : public ChannelMixer {
   Tensor forward(const Tensor& x) override;
   Tensor backward(const Tensor& dy) override;
   void collect(ParameterList& out) override;
+  void release_saved() override {
+    router_.release_saved();
+    for (auto& e : experts_) e->release_saved();
+    if (shared_) shared_->release_saved();
+    if (shared_gate_) shared_gate_->release_saved();
+    plan_ = DispatchPlan{};
+    expert_out_ = shared_out_ = Tensor();
+    shared_gate_value_.clear();
+  }
+  // While on, forward is a recomputation of a forward already counted: it leaves step_load()
+  // alone (activation recomputation replays each forward once before its backward).
+  void set_replaying(bool on) { replaying_ = on; }
   MoeLayer* moe() override { return this; }
 
   const MoeStats& stats() const { return stats_; }
@@ -93,6 +105,7 @@ class MoeLayer : public ChannelMixer {
   std::vector<double> shared_gate_value_;  // [N] sigmoid gate
   MoeStats stats_;
   std::vector<double> step_load_;
+  bool replaying_ = false;
 };
 
 }  // namespace linea

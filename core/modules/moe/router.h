@@ -47,6 +47,13 @@ class Router {
   // dweight [N * k] = d(loss)/d(weight); returns dx [N, D].
   Tensor backward(const std::vector<double>& dweight, double aux_scale);
   void collect(ParameterList& out) { proj_.collect(out); }
+  void release_saved() {
+    proj_.release_saved();
+    routing_ = Routing{};
+    score_.clear();
+    lse_.clear();
+    softmax_.clear();
+  }
 
   double aux_loss() const { return aux_loss_; }
   double z_loss() const { return z_loss_; }
