@@ -95,7 +95,20 @@ void NcclCommunicator::all_reduce(Tensor& t, ReduceOp op) {
              2 * static_cast<uint64_t>(size_ - 1) * t.nbytes() / static_cast<uint64_t>(size_));
 }
 
+// Host tensors (counts, statistics, the CPU side of a mixed program) are staged through the
+// device: the collective runs on device copies, and results come back. The counts and the MoE
+// dispatch metadata are small; model activations and gradients are CUDA tensors already.
+namespace {
+bool on_host(const Tensor& t) { return t.defined() && t.device().is_cpu(); }
+}  // namespace
+
 void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  if (on_host(in) || on_host(out)) {
+    Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
+    all_gather(in.to(Device::cuda(device_)), dout);
+    out.copy_from(dout);
+    return;
+  }
   check_device_tensor("all_gather", in, false);
   check_device_tensor("all_gather", out, false);
   detail::check_same_dtype("all_gather", name_, in, out);
@@ -108,6 +121,12 @@ void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
 }
 
 void NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  if (on_host(in) || on_host(out)) {
+    Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
+    reduce_scatter(in.to(Device::cuda(device_)), dout, op);
+    out.copy_from(dout);
+    return;
+  }
   check_device_tensor("reduce_scatter", in, true);
   check_device_tensor("reduce_scatter", out, true);
   detail::check_same_dtype("reduce_scatter", name_, in, out);
@@ -122,6 +141,12 @@ void NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op
 
 void NcclCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                     Tensor& out, const std::vector<int64_t>& recv_counts) {
+  if (on_host(in) || on_host(out)) {
+    Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
+    all_to_all_v(in.to(Device::cuda(device_)), send_counts, dout, recv_counts);
+    out.copy_from(dout);
+    return;
+  }
   check_device_tensor("all_to_all_v", in, false);
   check_device_tensor("all_to_all_v", out, false);
   const int64_t width = detail::check_all_to_all(name_, size_, in, send_counts, out, recv_counts);
@@ -168,6 +193,7 @@ void NcclCommunicator::broadcast(Tensor& t, int root) {
 }
 
 void NcclCommunicator::send(const Tensor& t, int peer, int tag) {
+  if (on_host(t)) return send(t.to(Device::cuda(device_)), peer, tag);
   check_device_tensor("send", t, false);
   detail::check_peer("send", name_, size_, rank_, peer);
   LINEA_CHECK(tag >= 0) << "send on group '" << name_ << "': negative tag " << tag;
@@ -177,6 +203,12 @@ void NcclCommunicator::send(const Tensor& t, int peer, int tag) {
 }
 
 void NcclCommunicator::recv(Tensor& t, int peer, int tag) {
+  if (on_host(t)) {
+    Tensor d = Tensor::empty(t.shape(), t.dtype(), Device::cuda(device_));
+    recv(d, peer, tag);
+    t.copy_from(d);
+    return;
+  }
   check_device_tensor("recv", t, false);
   detail::check_peer("recv", name_, size_, rank_, peer);
   LINEA_CHECK(tag >= 0) << "recv on group '" << name_ << "': negative tag " << tag;

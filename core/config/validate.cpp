@@ -314,6 +314,10 @@ void validate_train(const config::Config& cfg) {
   check_one_of(t.precision(), {"f32", "bf16"}, "train.precision");
   check_one_of(t.device(), {"cpu", "cuda"}, "train.device");
   check_one_of(t.recompute(), {"none", "selective", "full"}, "train.recompute");
+  check_one_of(cfg.parallel().backend(), {"auto", "mpi", "nccl"}, "parallel.backend");
+  LINEA_USER_CHECK(cfg.parallel().backend() != "nccl" || t.device() == "cuda",
+                   "set train.device = cuda, or parallel.backend = auto or mpi")
+      << "parallel.backend = nccl moves CUDA tensors, but train.device = " << t.device();
 }
 
 void validate_checkpoint_and_logging(const config::Config& cfg) {

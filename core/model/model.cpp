@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/config/config.h"
+#include "core/modules/matmul_precision.h"
 #include "core/modules/moe/moe_layer.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
@@ -13,7 +14,10 @@ namespace linea {
 
 Model::Model(const config::Config& cfg, DType dtype, parallel::Communicator* sp,
              parallel::Communicator* ep)
-    : cfg_(cfg), dtype_(dtype) {
+    : cfg_(cfg),
+      dtype_(dtype),
+      matmul_precision_(cfg.train().precision() == "bf16" ? MatmulPrecision::kBF16
+                                                          : MatmulPrecision::kStorage) {
   const auto& m = cfg.model();
   embeddings_ = make_parameter("embeddings.weight", {m.vocab_size(), m.hidden_size()}, dtype,
                                /*weight_decay=*/true);
@@ -65,14 +69,15 @@ double Model::head_loss(const Tensor& hidden, const Tensor& targets, double grad
   const int64_t chunk = head_chunk_rows(rows);
   Tensor logits = Tensor::empty({chunk, V}, dtype_);
   Tensor lse = Tensor::empty({chunk}, dtype_);
+  const Tensor w = matmul_operand(head.value);  // its bf16 copy under bf16 precision
   double loss_sum = 0;
   *tokens = 0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t r1 = std::min(rows, r0 + chunk);
     Tensor lg = r1 - r0 == chunk ? logits : logits.slice(0, r1 - r0);
     Tensor ls = r1 - r0 == chunk ? lse : lse.slice(0, r1 - r0);
-    const Tensor h = hidden.slice(r0, r1), t = targets.slice(r0, r1);
-    kernels::linear_forward(h, head.value, lg);
+    const Tensor h = matmul_operand(hidden.slice(r0, r1)), t = targets.slice(r0, r1);
+    kernels::linear_forward(h, w, lg);
     int64_t n = 0;
     const double mean = kernels::cross_entropy_forward(lg, t, ls, &n);
     loss_sum += mean * static_cast<double>(n);
@@ -81,7 +86,7 @@ double Model::head_loss(const Tensor& hidden, const Tensor& targets, double grad
       // d(grad_scale * loss_sum) over this chunk, written into its logits buffer.
       kernels::cross_entropy_backward(lg, t, ls, grad_scale * static_cast<double>(n), n, lg);
       Tensor dh = dhidden->slice(r0, r1);
-      kernels::linear_backward(h, head.value, lg, dh, head.grad);
+      kernels::linear_backward(h, w, matmul_operand(lg), dh, head.grad);
     }
   }
   return loss_sum;
@@ -105,6 +110,7 @@ void Model::to(Device device) {
 LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
                                   double aux_grad_scale) {
   const DefaultDeviceScope on(device());
+  const MatmulPrecisionScope precision(matmul_precision_);
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), D = cfg_.model().hidden_size();
   const Tensor hidden = forward_hidden(batch.inputs);
   // The LM head and the loss go chunk by chunk of rows (head_chunk_rows), each chunk's backward
@@ -122,6 +128,7 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
 
 LossStats Model::forward_loss(const data::Batch& batch) {
   const DefaultDeviceScope on(device());
+  const MatmulPrecisionScope precision(matmul_precision_);
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1);
   const Tensor hidden = forward_hidden(batch.inputs);
   // Forward-only: drop what the backward would have needed.

@@ -9,6 +9,7 @@
 
 #include "core/data/batch.h"
 #include "core/model/block.h"
+#include "core/modules/matmul_precision.h"
 
 namespace linea {
 
@@ -79,6 +80,7 @@ class Model {
   ParameterList params_;
   std::vector<MoeLayer*> moe_layers_;
   int64_t head_chunk_rows_ = 0;
+  MatmulPrecision matmul_precision_;  // train.precision (bf16 affects CUDA tensors only)
 };
 
 }  // namespace linea

@@ -1,5 +1,6 @@
 #include "core/modules/linear.h"
 
+#include "core/modules/matmul_precision.h"
 #include "kernels/matmul.h"
 
 namespace linea {
@@ -13,14 +14,20 @@ Tensor Linear::forward(const Tensor& x) {
   Shape ys = x.shape();
   ys.back() = out_features();
   Tensor y = Tensor::empty(ys, x.dtype());
-  kernels::linear_forward(x, weight_.value, y);
-  x_ = x;
+  // bf16 precision: the bf16 copy of x is what backward needs (half the memory of x); the
+  // weight's copy is made again there rather than kept.
+  x_ = matmul_operand(x);
+  kernels::linear_forward(x_, matmul_operand(weight_.value), y);
   return y;
 }
 
 Tensor Linear::backward(const Tensor& dy) {
-  Tensor dx = Tensor::empty(x_.shape(), x_.dtype());
-  kernels::linear_backward(x_, weight_.value, dy, dx, weight_.grad);
+  // dx in the storage dtype (f32 from bf16 operands under bf16 precision).
+  Tensor dx = Tensor::empty(x_.shape(), dy.dtype());
+  const Tensor w =
+      x_.dtype() == weight_.value.dtype() ? weight_.value : weight_.value.to(x_.dtype());
+  kernels::linear_backward(x_, w, x_.dtype() == dy.dtype() ? dy : dy.to(x_.dtype()), dx,
+                           weight_.grad);
   x_ = Tensor();
   return dx;
 }

@@ -48,7 +48,10 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const Device device = training_device(cfg, world);  // refuses what cannot run, before any work
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
-  parallel::ProcessGrid grid(world, {dp, cfg.parallel().sp(), cfg.parallel().ep()});
+  // GPU runs with one GPU per rank talk through NCCL (parallel.backend); the rest through `world`.
+  const std::unique_ptr<parallel::Communicator> nccl_world = training_world(cfg, world, device);
+  parallel::ProcessGrid grid(nccl_world ? *nccl_world : world,
+                             {dp, cfg.parallel().sp(), cfg.parallel().ep()});
   const bool leader = world.rank() == 0;
 
   const std::filesystem::path out_dir = tc.output_dir();
@@ -76,8 +79,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   spdlog::info("model: {} parameters ({} on this rank), layers {} ({}), hidden {}, dtype {}, on {}",
                total_parameters, model.num_parameters(), cfg.model().num_layers(),
                resolved_layer_pattern(cfg), cfg.model().hidden_size(), tc.dtype(), device.str());
-  spdlog::info("grid: world {} = dp {} x sp {}, ep {}; global batch {} x {} tokens", world.size(),
-               dp, cfg.parallel().sp(), cfg.parallel().ep(),
+  spdlog::info("grid: world {} = dp {} x sp {}, ep {} ({}); global batch {} x {} tokens",
+               world.size(), dp, cfg.parallel().sp(), cfg.parallel().ep(),
+               nccl_world ? "nccl" : "mpi",
                int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * dp, dataset->seq_len());
 
   TrainSummary summary;

@@ -1,11 +1,14 @@
 #include "core/trainer/training_device.h"
 
+#include <spdlog/spdlog.h>
+
 #include "core/config/config.h"
 #include "core/modules/mixers/mixer_factories.h"  // mixer_head_dim
 #include "core/modules/mixers/token_mixer.h"
 #include "parallel/launch_env.h"
 #ifdef LINEA_HAS_CUDA
 #include "core/tensor/cuda_device.h"
+#include "parallel/nccl_communicator.h"
 #endif
 
 namespace linea {
@@ -70,6 +73,35 @@ Device training_device(const config::Config& cfg, const parallel::Communicator& 
   check_gpu_model(cfg);
   const int local = parallel::local_rank_from_environment();
   return Device::cuda((local >= 0 ? local : world.rank()) % n);
+#endif
+}
+
+std::unique_ptr<parallel::Communicator> training_world(const config::Config& cfg,
+                                                       parallel::Communicator& world,
+                                                       Device device) {
+  const std::string& backend = cfg.parallel().backend();
+  if (device.is_cpu() || backend == "mpi" || world.size() == 1) return nullptr;
+#ifdef LINEA_HAS_CUDA
+  // NCCL refuses two ranks on one GPU: auto takes it only when every rank's local rank has a GPU
+  // of its own (agreed over the world, so every rank takes the same backend).
+  const int local = parallel::local_rank_from_environment();
+  const bool own_gpu = local >= 0 && local < cuda::device_count();
+  const bool all_own = world.all_reduce_scalar(own_gpu ? 0.0 : 1.0) == 0.0;
+  if (backend == "auto" && !all_own) {
+    if (world.rank() == 0)
+      spdlog::warn(
+          "parallel.backend = auto: some ranks share a GPU, so collectives go through MPI with "
+          "host staging (slow); give each rank its own GPU for NCCL");
+    return nullptr;
+  }
+  LINEA_USER_CHECK(all_own,
+                   "run one rank per GPU (mpirun -np <GPUs per node> per node), or set "
+                   "parallel.backend = mpi")
+      << "parallel.backend = nccl, but some ranks have no GPU of their own (local rank " << local
+      << ", " << cuda::device_count() << " GPUs visible here)";
+  return parallel::NcclCommunicator::create(world, device.index, "world");
+#else
+  return nullptr;
 #endif
 }
 

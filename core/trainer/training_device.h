@@ -3,6 +3,8 @@
 // here, before any work, with a message naming the field (docs/cuda.md lists what runs).
 #pragma once
 
+#include <memory>
+
 #include "core/tensor/device.h"
 #include "linea.pb.h"
 #include "parallel/communicator.h"
@@ -12,5 +14,12 @@ namespace linea {
 // Throws linea::Error (a user error with a hint) when train.device = cuda cannot run here: no
 // CUDA backend in this build, no GPU, or a model, dtype or layout the GPU path lacks.
 Device training_device(const config::Config& cfg, const parallel::Communicator& world);
+
+// The world communicator collectives of a GPU run go through (parallel.backend): a NCCL world
+// bootstrapped from `world` (MPI), or null to use `world` itself (CPU runs, parallel.backend =
+// mpi, or auto where some ranks share a GPU). Collective over `world`.
+std::unique_ptr<parallel::Communicator> training_world(const config::Config& cfg,
+                                                       parallel::Communicator& world,
+                                                       Device device);
 
 }  // namespace linea

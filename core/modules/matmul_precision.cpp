@@ -1,0 +1,21 @@
+#include "core/modules/matmul_precision.h"
+
+namespace linea {
+namespace {
+thread_local MatmulPrecision current = MatmulPrecision::kStorage;
+}  // namespace
+
+MatmulPrecision matmul_precision() { return current; }
+
+MatmulPrecisionScope::MatmulPrecisionScope(MatmulPrecision p) : previous_(current) { current = p; }
+
+MatmulPrecisionScope::~MatmulPrecisionScope() { current = previous_; }
+
+Tensor matmul_operand(const Tensor& t) {
+  if (current == MatmulPrecision::kBF16 && t.defined() && !t.device().is_cpu() &&
+      t.dtype() == DType::kF32)
+    return t.to(DType::kBF16);
+  return t;
+}
+
+}  // namespace linea
