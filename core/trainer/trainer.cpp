@@ -14,6 +14,7 @@
 #include "core/data/dataset.h"             // samples by global index, per-DP-rank slices
 #include "core/logging/log.h"              // rank-aware spdlog
 #include "core/model/model.h"              // forward + backward of the whole model
+#include "core/model/model_size.h"         // FLOPs per token (MFU on GPUs)
 #include "core/modules/moe/moe_layer.h"    // MoE statistics and the aux-loss-free bias
 #include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
 #include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
@@ -75,6 +76,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   model.init(tc.seed());  // on the CPU, identically on every rank, then to the training device
   if (!device.is_cpu()) model.to(device);
   AdamW optimizer(model.parameters(), cfg.optimizer());
+  const ModelSize size = count_model_size(cfg);
+  const double mfu_flops_per_token = 6.0 * static_cast<double>(size.active_without_embedding);
   const int64_t total_parameters = parallel::count_parameters(model.parameters(), grid);
   spdlog::info("model: {} parameters ({} on this rank), layers {} ({}), hidden {}, dtype {}, on {}",
                total_parameters, model.num_parameters(), cfg.model().num_layers(),
@@ -89,6 +92,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const int accum = tc.grad_accum_steps();
   for (int64_t step = 0; step < tc.steps(); ++step) {
     const auto t0 = std::chrono::steady_clock::now();
+    reset_device_peak(device);
     const auto bytes0 = sent_bytes(grid);
     model.zero_grad();
     for (MoeLayer* moe : model.moe_layers()) moe->reset_step_load();
@@ -197,9 +201,14 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                   : std::string();
       spdlog::info(
           "step {:>5}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | "
-          "{:.3f} s | sent B:{} | rss {:.0f} MB",
+          "{:.3f} s | sent B:{} | rss {:.0f} MB{}",
           step + 1, tc.steps(), loss, moe_text, lr, grad_norm, tokens / secs, secs,
-          comm_text.empty() ? " 0" : comm_text, peak_rss_mb());
+          comm_text.empty() ? " 0" : comm_text, peak_rss_mb(),
+          device.is_cpu()
+              ? std::string()
+              : fmt::format(
+                    " | gpu peak {:.2f} GB | mfu {:.1f}%", device_peak_bytes(device) / 1e9,
+                    100 * mfu_flops_per_token * tokens / secs / world.size() / kGpuBf16PeakFlops));
       if (leader) {
         nlohmann::json j = {{"step", step + 1},
                             {"loss", loss},
@@ -211,6 +220,16 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                             {"comm_bytes", comm},
                             {"comm_bytes_by_kind", comm_kinds},
                             {"peak_rss_mb", peak_rss_mb()}};
+        if (!device.is_cpu()) {
+          // Per GPU: this rank's allocator peak; MFU as 6 x (active parameters without the input
+          // embedding) x tokens/s per GPU over the bf16 peak (docs/performance.md), and with the
+          // sequence-dependent mixer FLOPs too.
+          const double per_gpu = tokens / secs / world.size();
+          j["gpu_peak_bytes"] = device_peak_bytes(device);
+          j["tokens_per_s_per_gpu"] = per_gpu;
+          j["mfu"] = mfu_flops_per_token * per_gpu / kGpuBf16PeakFlops;
+          j["mfu_with_sequence_flops"] = size.train_flops * per_gpu / kGpuBf16PeakFlops;
+        }
         if (has_moe) {
           j["aux_loss"] = aux_loss;
           j["z_loss"] = z_loss;

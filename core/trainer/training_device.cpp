@@ -7,6 +7,7 @@
 #include "core/modules/mixers/token_mixer.h"
 #include "parallel/launch_env.h"
 #ifdef LINEA_HAS_CUDA
+#include "core/tensor/cuda_allocator.h"
 #include "core/tensor/cuda_device.h"
 #include "parallel/nccl_communicator.h"
 #endif
@@ -73,6 +74,19 @@ Device training_device(const config::Config& cfg, const parallel::Communicator& 
   check_gpu_model(cfg);
   const int local = parallel::local_rank_from_environment();
   return Device::cuda((local >= 0 ? local : world.rank()) % n);
+#endif
+}
+
+size_t device_peak_bytes(Device device) {
+#ifdef LINEA_HAS_CUDA
+  if (!device.is_cpu()) return cuda::allocator_stats(device.index).peak_bytes_in_use;
+#endif
+  return 0;
+}
+
+void reset_device_peak(Device device) {
+#ifdef LINEA_HAS_CUDA
+  if (!device.is_cpu()) cuda::reset_peak(device.index);
 #endif
 }
 

@@ -15,6 +15,15 @@ namespace linea {
 // CUDA backend in this build, no GPU, or a model, dtype or layout the GPU path lacks.
 Device training_device(const config::Config& cfg, const parallel::Communicator& world);
 
+// Peak bytes of tensors held on `device` since the last reset (the caching allocator's count; 0 for
+// the CPU), and its reset. The trainer reports the peak per step.
+size_t device_peak_bytes(Device device);
+void reset_device_peak(Device device);
+
+// The dense bf16 peak of the GPUs MFU is counted against: 989 TFLOP/s, the H100/H200 SXM figure
+// (the anchors of the project's GPU notes use it too).
+constexpr double kGpuBf16PeakFlops = 989e12;
+
 // The world communicator collectives of a GPU run go through (parallel.backend): a NCCL world
 // bootstrapped from `world` (MPI), or null to use `world` itself (CPU runs, parallel.backend =
 // mpi, or auto where some ranks share a GPU). Collective over `world`.
