@@ -5,7 +5,9 @@
 # finished is there even when a later step is killed.
 #
 #   bench/gpu_check.sh OUT_DIR
-# Environment: LINEA_GPU_BUILD_DIR (default build-gpu); LINEA_SANITIZE=1 adds a
+# Environment: LINEA_GPU_BUILD_DIR (default build-gpu); LINEA_GPU_STEPS, a space-separated subset
+# of "tests kernels lab train" (default "tests kernels lab"; "train" runs bench/train_bench.sh,
+# the A0.3B-2B training-step matrix, into OUT_DIR/train); LINEA_SANITIZE=1 adds a
 # compute-sanitizer memcheck pass over the CUDA tests; LINEA_BLAS_TARBALL, a tar of lib/ and
 # include/ holding OpenBLAS, used only where the machine has none.
 set -uo pipefail
@@ -53,23 +55,35 @@ if ! ldconfig -p | grep -q libopenblas && [ -n "${LINEA_BLAS_TARBALL:-}" ]; then
 fi
 
 step configure 300 cmake -S . -B "$BUILD" "${CMAKE_ARGS[@]}" || exit 1
-step build 900 cmake --build "$BUILD" -j "$JOBS" --target linea_cuda_tests linea_cuda_mpi_tests kernels_bench linear_attention_lab || exit 1
-(cd "$BUILD" && step ctest_cuda 600 ctest -L cuda --output-on-failure -j 4 --timeout 300)
-ctest_rc=$?
+STEPS=" ${LINEA_GPU_STEPS:-tests kernels lab} "
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
+step build 900 cmake --build "$BUILD" -j "$JOBS" --target linea linea_cuda_tests linea_cuda_mpi_tests kernels_bench linear_attention_lab || exit 1
+ctest_rc=0
+if wants tests; then
+  # One test at a time: the GPU equivalence test runs two ranks on it already.
+  (cd "$BUILD" && step ctest_cuda 900 ctest -L cuda --output-on-failure --timeout 600)
+  ctest_rc=$?
+fi
 if [ "${LINEA_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   # Out-of-bounds and misaligned accesses in every CUDA test (a few seconds on an H200).
   step sanitizer 400 compute-sanitizer --tool memcheck --error-exitcode 3 \
     "$BUILD/tests/linea_cuda_tests"
   log "sanitizer rc=$?"
 fi
-step kernels_bench 600 "$BUILD/bench/kernels_bench" --json "$OUT/kernels_bench.json"
-bench_rc=$?
+bench_rc=0
+if wants kernels; then
+  step kernels_bench 600 "$BUILD/bench/kernels_bench" --json "$OUT/kernels_bench.json" || bench_rc=1
+fi
 # The chunk scan's kernel lab: validate against its f64 reference, then time (docs/performance.md).
-step lab_linear_attention 400 "$BUILD/bench/linear_attention_lab" "$OUT/lab_linear_attention.json"
-lab_rc=$?
-bench_rc=$((bench_rc != 0 || lab_rc != 0))
-log "done: ctest_cuda rc=$ctest_rc, kernels_bench rc=$bench_rc"
-tail -n 5 "$OUT/ctest_cuda.log"
-cat "$OUT/kernels_bench.log"
-cat "$OUT/lab_linear_attention.log"
+if wants lab; then
+  step lab_linear_attention 400 "$BUILD/bench/linear_attention_lab" \
+    "$OUT/lab_linear_attention.json" || bench_rc=1
+fi
+if wants train; then
+  LINEA_BIN="$BUILD/linea" step train_bench 1800 bench/train_bench.sh "$OUT/train" || bench_rc=1
+fi
+log "done: ctest_cuda rc=$ctest_rc, benchmarks rc=$bench_rc"
+for f in ctest_cuda kernels_bench lab_linear_attention train_bench; do
+  [ -f "$OUT/$f.log" ] && tail -n 40 "$OUT/$f.log"
+done
 exit $((ctest_rc != 0 || bench_rc != 0))
