@@ -10,14 +10,16 @@
 // e = 0..3. Two such tiles side by side are, converted to bf16, the A fragment of the next
 // product over those 16 columns (the flash-attention-2 register reuse of P).
 //
-// forward   one block of 4 warps per (64 queries, batch, query head); each warp owns 16 query
-//           rows. It walks the 64-key tiles its queries can see (tiles no query sees are never
-//           loaded), the next tile's K and V copied by cp.async while this one is used:
-//           S = Q K^T, the mask only on tiles that cut through it, an online softmax in
-//           registers (running max m and sum l per row, both base 2), O = alpha O + P V.
-//           o = O / l, lse = (m + log2 l) ln 2.
+// forward   one block of 4 warps per (128 queries, batch, query head); each warp owns two
+//           m-tiles of 16 query rows, so that each K and V fragment read from shared memory feeds
+//           two products. It walks the key tiles (64 keys for D = 64, 32 for D = 128, which keeps
+//           the registers in bounds) its queries can see (tiles no query sees are never loaded),
+//           the next tile's K and V copied by cp.async while this one is used: S = Q K^T, the
+//           mask only on tiles that cut through it, an online softmax in registers (running max m
+//           of the raw scores and sum l of 2^(scale log2(e) (s - m)) per row), O = alpha O + P V.
+//           o = O / l, lse = scale m + ln l.
 // backward  a small pre-kernel D_i = dO_i . o_i; then two kernels, both deterministic (no
-//           atomics): per (64 queries, query head) dQ = scale sum_tiles dS K, with
+//           atomics): per (128 queries, query head) dQ = scale sum_tiles dS K, with
 //           P = exp(S - lse) recomputed and dS = P (dO V^T - D); per (64 keys, kv head) the
 //           transposed products S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q over every
 //           query head of the group and every query tile that sees the keys, written once
@@ -33,8 +35,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = 64;  // queries per block (forward, dQ)
-constexpr int kBlockN = 64;  // keys per tile (forward, dQ) and per block (dK, dV)
+constexpr int kBlockN = 64;  // keys per block (dK, dV); the forward and dQ tiles are QTile<D>
 constexpr int kPad = 8;      // bf16 row padding: rows 16 bytes apart in banks, ldmatrix conflict-free
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -108,39 +109,62 @@ __device__ __forceinline__ void zero(float (&c)[N][4]) {
   for (int n = 0; n < N; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.0f;
 }
 
-// acc [16 x N] += A [16 x K] B^T, A and B [N x K] row-major bf16 in shared memory.
-template <int N, int K>
-__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16* sa, int lda,
-                                        const bf16* sb, int ldb, int lane) {
+// acc [MT 16 x N] += A [MT 16 x K] B^T, A and B [N x K] row-major bf16 in shared memory: MT
+// m-tiles of 16 rows share every B fragment read.
+template <int MT, int N, int K>
+__device__ __forceinline__ void warp_mma_abt(float (&acc)[MT][N / 8][4], const bf16* sa, int lda,
+                                             const bf16* sb, int ldb, int lane) {
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
-    uint32_t a[4];
-    ldsm_x4(a, sa + (lane % 16) * lda + k0 + (lane / 16) * 8);
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldsm_x4(a[mt], sa + (mt * 16 + lane % 16) * lda + k0 + (lane / 16) * 8);
 #pragma unroll
     for (int n0 = 0; n0 < N; n0 += 16) {
       uint32_t b[4];
       ldsm_x4(b, sb + (n0 + lane % 8 + (lane / 16) * 8) * ldb + k0 + ((lane / 8) % 2) * 8);
-      mma16816(acc[n0 / 8], a, b[0], b[1]);
-      mma16816(acc[n0 / 8 + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816(acc[mt][n0 / 8], a[mt], b[0], b[1]);
+        mma16816(acc[mt][n0 / 8 + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
 
-// acc [16 x N] += P [16 x K] B, P as bf16 A fragments in registers, B [K x N] row-major bf16 in
-// shared memory.
-template <int N, int K>
-__device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const uint32_t (&pa)[K / 16][4],
-                                       const bf16* sb, int ldb, int lane) {
+// acc [MT 16 x N] += P [MT 16 x K] B, P as bf16 A fragments in registers, B [K x N] row-major
+// bf16 in shared memory.
+template <int MT, int N, int K>
+__device__ __forceinline__ void warp_mma_pb(float (&acc)[MT][N / 8][4],
+                                            const uint32_t (&pa)[MT][K / 16][4], const bf16* sb,
+                                            int ldb, int lane) {
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
 #pragma unroll
     for (int n0 = 0; n0 < N; n0 += 16) {
       uint32_t b[4];
       ldsm_x4_trans(b, sb + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ldb + n0 + (lane / 16) * 8);
-      mma16816(acc[n0 / 8], pa[kk], b[0], b[1]);
-      mma16816(acc[n0 / 8 + 1], pa[kk], b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816(acc[mt][n0 / 8], pa[mt][kk], b[0], b[1]);
+        mma16816(acc[mt][n0 / 8 + 1], pa[mt][kk], b[2], b[3]);
+      }
     }
   }
+}
+
+// One m-tile (the dK/dV kernel).
+template <int N, int K>
+__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16* sa, int lda,
+                                        const bf16* sb, int ldb, int lane) {
+  warp_mma_abt<1, N, K>(reinterpret_cast<float(&)[1][N / 8][4]>(acc), sa, lda, sb, ldb, lane);
+}
+template <int N, int K>
+__device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const uint32_t (&pa)[K / 16][4],
+                                       const bf16* sb, int ldb, int lane) {
+  warp_mma_pb<1, N, K>(reinterpret_cast<float(&)[1][N / 8][4]>(acc),
+                       reinterpret_cast<const uint32_t(&)[1][K / 16][4]>(pa), sb, ldb, lane);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -158,6 +182,13 @@ __device__ __forceinline__ void to_a_frags(const float (&c)[K / 8][4], uint32_t 
     pa[j][2] = pack_bf16(c[2 * j + 1][0], c[2 * j + 1][1]);
     pa[j][3] = pack_bf16(c[2 * j + 1][2], c[2 * j + 1][3]);
   }
+}
+
+// 2^x on the special-function unit (2 ulp; 2^-inf = +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -200,46 +231,61 @@ __device__ __forceinline__ void store_rows(OutT* dst, int64_t stride, const floa
 
 // ---- forward ---------------------------------------------------------------------------------
 
+// Forward and dQ tiles: each warp owns MT m-tiles of 16 query rows (a block 4 x 16 MT queries), so
+// that every K and V fragment read from shared memory feeds MT products; BN keys per tile.
+template <int D>
+struct QTile {
+  static constexpr int MT = 2, BN = D == 128 ? 32 : 64, BM = kWarps * 16 * MT;
+};
+
 template <int D>
 constexpr size_t fwd_smem() {
-  return sizeof(bf16) * (kBlockM + 4 * kBlockN) * (D + kPad);  // Q; K and V, two stages each
+  using Tl = QTile<D>;  // Q; K and V, two stages each
+  return sizeof(bf16) * (Tl::BM + 4 * Tl::BN) * (D + kPad);
 }
 
 template <int D, typename OutT>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttnArgs a) {
-  constexpr int LD = D + kPad;
+  constexpr int LD = D + kPad, MT = QTile<D>::MT, BN = QTile<D>::BN, BM = QTile<D>::BM;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kBlockM * LD;  // [2][kBlockN][LD]
-  bf16* sV = sK + 2 * kBlockN * LD;
+  bf16* sK = sQ + BM * LD;  // [2][BN][LD]
+  bf16* sV = sK + 2 * BN * LD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int qb = gridDim.x - 1 - blockIdx.x;  // the longest rows of keys first
   const int b = blockIdx.y / a.Hq, h = blockIdx.y % a.Hq, g = h / (a.Hq / a.Hkv);
-  const int i0 = qb * kBlockM, valid_q = min(kBlockM, a.Tq - i0);
+  const int i0 = qb * BM, valid_q = min(BM, a.Tq - i0);
   const int64_t q_stride = int64_t(a.Hq) * D, kv_stride = int64_t(a.Hkv) * D;
   const int64_t q_off = (int64_t(b) * a.Tq + i0) * q_stride + int64_t(h) * D;
   const bf16* k = a.k + int64_t(b) * a.Tk * kv_stride + int64_t(g) * D;
   const bf16* v = a.v + int64_t(b) * a.Tk * kv_stride + int64_t(g) * D;
   const int p_first = a.q_offset + i0, p_last = p_first + valid_q - 1;
-  const int t_begin = (a.window > 0 ? max(0, p_first - a.window + 1) : 0) / kBlockN;
-  const int t_end = p_last / kBlockN;
+  const int t_begin = (a.window > 0 ? max(0, p_first - a.window + 1) : 0) / BN;
+  const int t_end = p_last / BN;
 
   auto load_kv = [&](int t, int st) {
-    const int j0 = t * kBlockN, valid = min(kBlockN, a.Tk - j0);
-    load_tile<kBlockN, D>(sK + st * kBlockN * LD, k + j0 * kv_stride, kv_stride, valid);
-    load_tile<kBlockN, D>(sV + st * kBlockN * LD, v + j0 * kv_stride, kv_stride, valid);
+    const int j0 = t * BN, valid = min(BN, a.Tk - j0);
+    load_tile<BN, D>(sK + st * BN * LD, k + j0 * kv_stride, kv_stride, valid);
+    load_tile<BN, D>(sV + st * BN * LD, v + j0 * kv_stride, kv_stride, valid);
   };
-  load_tile<kBlockM, D>(sQ, a.q + q_off, q_stride, valid_q);
+  load_tile<BM, D>(sQ, a.q + q_off, q_stride, valid_q);
   load_kv(t_begin, 0);
   cp_async_commit();
 
-  const int r0 = warp * 16;
-  int pos[2];  // global positions of this lane's two rows (rows past Tq act as the last one)
+  const int r0 = warp * 16 * MT;
+  int pos[MT][2];  // global positions of this lane's rows (rows past Tq act as the last one)
+  float m[MT][2], l[MT][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) pos[r] = min(p_first + r0 + gid + 8 * r, p_last);
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  float acc[D / 8][4];
-  zero(acc);
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      pos[mt][r] = min(p_first + r0 + 16 * mt + gid + 8 * r, p_last);
+      m[mt][r] = -INFINITY;
+      l[mt][r] = 0.0f;
+    }
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) zero(acc[mt]);
 
   for (int t = t_begin; t <= t_end; ++t) {
     const int st = (t - t_begin) & 1;
@@ -247,67 +293,74 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(AttnArgs a) {
     __syncthreads();  // tile t visible to all; everyone is done with the other stage
     if (t < t_end) load_kv(t + 1, st ^ 1);
     cp_async_commit();
-    const bf16* cK = sK + st * kBlockN * LD;
-    const bf16* cV = sV + st * kBlockN * LD;
+    const bf16* cK = sK + st * BN * LD;
+    const bf16* cV = sV + st * BN * LD;
 
-    float s[kBlockN / 8][4];
-    zero(s);
-    mma_abt<kBlockN, D>(s, sQ + r0 * LD, LD, cK, LD, lane);
-    const int j0 = t * kBlockN;
-    const bool masked =
-        j0 + kBlockN - 1 > p_first || (a.window > 0 && j0 <= p_last - a.window);
-    float mx[2] = {-INFINITY, -INFINITY};
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt) zero(s[mt]);
+    warp_mma_abt<MT, BN, D>(s, sQ + r0 * LD, LD, cK, LD, lane);
+    const int j0 = t * BN;
+    const bool masked = j0 + BN - 1 > p_first || (a.window > 0 && j0 <= p_last - a.window);
+    uint32_t pa[MT][BN / 16][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * a.scale_log2;
-        if (masked && !visible(j0 + nt * 8 + tig * 2 + (e & 1), pos[e >> 1], a.window))
-          x = -INFINITY;
-        s[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+    for (int mt = 0; mt < MT; ++mt) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (masked && !visible(j0 + nt * 8 + tig * 2 + (e & 1), pos[mt][e >> 1], a.window))
+            s[mt][nt][e] = -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][nt][e]);
+        }
+      // m is the running max of the raw scores; exponents are scale log2(e) (s - m).
+      float alpha[2], base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m_new = fmaxf(m[mt][r], quad_max(mx[r]));
+        base[r] = m_new == -INFINITY ? 0.0f : m_new * a.scale_log2;  // a row with no key yet: 0
+        alpha[r] = fast_exp2(m[mt][r] * a.scale_log2 - base[r]);
+        m[mt][r] = m_new;
       }
-    float alpha[2], base[2];
+      float rs[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m_new = fmaxf(m[r], quad_max(mx[r]));
-      base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row that has seen no key yet
-      alpha[r] = exp2f(m[r] - base[r]);
-      m[r] = m_new;
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = fast_exp2(fmaf(s[mt][nt][e], a.scale_log2, -base[e >> 1]));
+          s[mt][nt][e] = p;
+          rs[e >> 1] += p;
+        }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) l[mt][r] = l[mt][r] * alpha[r] + rs[r];
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][dt][e] *= alpha[e >> 1];
+      to_a_frags<BN>(s[mt], pa[mt]);
     }
-    float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[nt][e] - base[e >> 1]);
-        s[nt][e] = p;
-        rs[e >> 1] += p;
-      }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[dt][e] *= alpha[e >> 1];
-    uint32_t pa[kBlockN / 16][4];
-    to_a_frags<kBlockN>(s, pa);
-    mma_pb<D, kBlockN>(acc, pa, cV, LD, lane);
+    warp_mma_pb<MT, D, BN>(acc, pa, cV, LD, lane);
   }
 
-  float inv[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] = quad_sum(l[r]);
-    inv[r] = 1.0f / l[r];
-  }
-  store_rows<D>(static_cast<OutT*>(a.o) + q_off, q_stride, acc, r0, valid_q, inv, lane);
-  if (tig == 0) {
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = r0 + gid + 8 * r;
-      if (row < valid_q)
-        a.lse[(int64_t(b) * a.Hq + h) * a.Tq + i0 + row] = (m[r] + log2f(l[r])) * kLn2;
+      l[mt][r] = quad_sum(l[mt][r]);
+      inv[r] = 1.0f / l[mt][r];
+    }
+    store_rows<D>(static_cast<OutT*>(a.o) + q_off, q_stride, acc[mt], r0 + 16 * mt, valid_q, inv,
+                  lane);
+    if (tig == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = r0 + 16 * mt + gid + 8 * r;
+        if (row < valid_q)
+          a.lse[(int64_t(b) * a.Hq + h) * a.Tq + i0 + row] =
+              (m[mt][r] * a.scale_log2 + log2f(l[mt][r])) * kLn2;
+      }
     }
   }
 }
@@ -335,52 +388,56 @@ __global__ void attn_delta_kernel(const T* o, const T* d_o, float* delta, int Tq
 
 template <int D>
 constexpr size_t dq_smem() {
-  return sizeof(bf16) * (2 * kBlockM + 4 * kBlockN) * (D + kPad);  // Q, dO; K, V two stages
+  using Tl = QTile<D>;  // Q, dO; K, V two stages each
+  return sizeof(bf16) * (2 * Tl::BM + 4 * Tl::BN) * (D + kPad);
 }
 
 template <int D, typename OutT>
 __global__ void __launch_bounds__(kThreads) attn_dq_kernel(AttnArgs a) {
-  constexpr int LD = D + kPad;
+  constexpr int LD = D + kPad, MT = QTile<D>::MT, BN = QTile<D>::BN, BM = QTile<D>::BM;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sdO = sQ + kBlockM * LD;
-  bf16* sK = sdO + kBlockM * LD;  // [2][kBlockN][LD]
-  bf16* sV = sK + 2 * kBlockN * LD;
+  bf16* sdO = sQ + BM * LD;
+  bf16* sK = sdO + BM * LD;  // [2][BN][LD]
+  bf16* sV = sK + 2 * BN * LD;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int qb = gridDim.x - 1 - blockIdx.x;
   const int b = blockIdx.y / a.Hq, h = blockIdx.y % a.Hq, g = h / (a.Hq / a.Hkv);
-  const int i0 = qb * kBlockM, valid_q = min(kBlockM, a.Tq - i0);
+  const int i0 = qb * BM, valid_q = min(BM, a.Tq - i0);
   const int64_t q_stride = int64_t(a.Hq) * D, kv_stride = int64_t(a.Hkv) * D;
   const int64_t q_off = (int64_t(b) * a.Tq + i0) * q_stride + int64_t(h) * D;
   const bf16* k = a.k + int64_t(b) * a.Tk * kv_stride + int64_t(g) * D;
   const bf16* v = a.v + int64_t(b) * a.Tk * kv_stride + int64_t(g) * D;
   const int p_first = a.q_offset + i0, p_last = p_first + valid_q - 1;
-  const int t_begin = (a.window > 0 ? max(0, p_first - a.window + 1) : 0) / kBlockN;
-  const int t_end = p_last / kBlockN;
+  const int t_begin = (a.window > 0 ? max(0, p_first - a.window + 1) : 0) / BN;
+  const int t_end = p_last / BN;
 
   auto load_kv = [&](int t, int st) {
-    const int j0 = t * kBlockN, valid = min(kBlockN, a.Tk - j0);
-    load_tile<kBlockN, D>(sK + st * kBlockN * LD, k + j0 * kv_stride, kv_stride, valid);
-    load_tile<kBlockN, D>(sV + st * kBlockN * LD, v + j0 * kv_stride, kv_stride, valid);
+    const int j0 = t * BN, valid = min(BN, a.Tk - j0);
+    load_tile<BN, D>(sK + st * BN * LD, k + j0 * kv_stride, kv_stride, valid);
+    load_tile<BN, D>(sV + st * BN * LD, v + j0 * kv_stride, kv_stride, valid);
   };
-  load_tile<kBlockM, D>(sQ, a.q + q_off, q_stride, valid_q);
-  load_tile<kBlockM, D>(sdO, a.d_o + q_off, q_stride, valid_q);
+  load_tile<BM, D>(sQ, a.q + q_off, q_stride, valid_q);
+  load_tile<BM, D>(sdO, a.d_o + q_off, q_stride, valid_q);
   load_kv(t_begin, 0);
   cp_async_commit();
 
-  const int r0 = warp * 16;
-  int pos[2];
-  float lse2[2], dlt[2];  // lse in base 2 (+inf past Tq: P = 0 there) and D_i of the lane's rows
+  const int r0 = warp * 16 * MT;
+  int pos[MT][2];
+  float lse2[MT][2], dlt[MT][2];  // lse in base 2 (+inf past Tq: P = 0 there) and D_i
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = r0 + gid + 8 * r;
-    pos[r] = min(p_first + row, p_last);
-    const int64_t at = (int64_t(b) * a.Hq + h) * a.Tq + i0 + row;
-    lse2[r] = row < valid_q ? a.lse[at] * kLog2e : INFINITY;
-    dlt[r] = row < valid_q ? a.delta[at] : 0.0f;
-  }
-  float acc[D / 8][4];
-  zero(acc);
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = r0 + 16 * mt + gid + 8 * r;
+      pos[mt][r] = min(p_first + row, p_last);
+      const int64_t at = (int64_t(b) * a.Hq + h) * a.Tq + i0 + row;
+      lse2[mt][r] = row < valid_q ? a.lse[at] * kLog2e : INFINITY;
+      dlt[mt][r] = row < valid_q ? a.delta[at] : 0.0f;
+    }
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) zero(acc[mt]);
 
   for (int t = t_begin; t <= t_end; ++t) {
     const int st = (t - t_begin) & 1;
@@ -388,31 +445,40 @@ __global__ void __launch_bounds__(kThreads) attn_dq_kernel(AttnArgs a) {
     __syncthreads();
     if (t < t_end) load_kv(t + 1, st ^ 1);
     cp_async_commit();
-    const bf16* cK = sK + st * kBlockN * LD;
-    const bf16* cV = sV + st * kBlockN * LD;
+    const bf16* cK = sK + st * BN * LD;
+    const bf16* cV = sV + st * BN * LD;
 
-    float s[kBlockN / 8][4], dp[kBlockN / 8][4];
-    zero(s);
-    zero(dp);
-    mma_abt<kBlockN, D>(s, sQ + r0 * LD, LD, cK, LD, lane);
-    mma_abt<kBlockN, D>(dp, sdO + r0 * LD, LD, cV, LD, lane);
-    const int j0 = t * kBlockN;
-    const bool masked =
-        j0 + kBlockN - 1 > p_first || (a.window > 0 && j0 <= p_last - a.window);
+    float s[MT][BN / 8][4], dp[MT][BN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt) {
+      zero(s[mt]);
+      zero(dp[mt]);
+    }
+    warp_mma_abt<MT, BN, D>(s, sQ + r0 * LD, LD, cK, LD, lane);
+    warp_mma_abt<MT, BN, D>(dp, sdO + r0 * LD, LD, cV, LD, lane);
+    const int j0 = t * BN;
+    const bool masked = j0 + BN - 1 > p_first || (a.window > 0 && j0 <= p_last - a.window);
+    uint32_t pa[MT][BN / 16][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float p = exp2f(s[nt][e] * a.scale_log2 - lse2[e >> 1]);
-        if (masked && !visible(j0 + nt * 8 + tig * 2 + (e & 1), pos[e >> 1], a.window)) p = 0.0f;
-        s[nt][e] = p * (dp[nt][e] - dlt[e >> 1]);  // dS
-      }
-    uint32_t pa[kBlockN / 16][4];
-    to_a_frags<kBlockN>(s, pa);
-    mma_pb<D, kBlockN>(acc, pa, cK, LD, lane);
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = fast_exp2(fmaf(s[mt][nt][e], a.scale_log2, -lse2[mt][e >> 1]));
+          if (masked && !visible(j0 + nt * 8 + tig * 2 + (e & 1), pos[mt][e >> 1], a.window))
+            p = 0.0f;
+          s[mt][nt][e] = p * (dp[mt][nt][e] - dlt[mt][e >> 1]);  // dS
+        }
+      to_a_frags<BN>(s[mt], pa[mt]);
+    }
+    warp_mma_pb<MT, D, BN>(acc, pa, cK, LD, lane);
   }
   const float mul[2] = {a.scale, a.scale};
-  store_rows<D>(static_cast<OutT*>(a.dq) + q_off, q_stride, acc, r0, valid_q, mul, lane);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    store_rows<D>(static_cast<OutT*>(a.dq) + q_off, q_stride, acc[mt], r0 + 16 * mt, valid_q, mul,
+                  lane);
 }
 
 template <int D>
@@ -498,7 +564,7 @@ __global__ void __launch_bounds__(kThreads) attn_dkdv_kernel(AttnArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = nt * 8 + tig * 2 + (e & 1);
-        float p = exp2f(s[nt][e] * a.scale_log2 - cL[c]);
+        float p = fast_exp2(fmaf(s[nt][e], a.scale_log2, -cL[c]));
         if (masked && !visible(key[e >> 1], p0 + c, a.window)) p = 0.0f;
         s[nt][e] = p;
       }
@@ -537,7 +603,7 @@ const char* kOffsetHint =
     "(all ranks' keys gathered in rank order)";
 
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const CausalMask& mask,
-                  const char* op) {
+                  double scale, const char* op) {
   check_float(q, op, "q");
   check_like(k, q, op, "k", "q");
   check_like(v, q, op, "v", "q");
@@ -563,6 +629,8 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Causa
       << ") need keys up to position " << mask.q_offset + q.dim(1) - 1 << ", but k holds Tk = "
       << k.dim(1);
   LINEA_CHECK(mask.window >= 0) << op << ": window " << mask.window << " must be >= 0 (0 = none)";
+  LINEA_CHECK(scale > 0) << op << ": scale " << scale
+                         << " must be positive (the running max is taken on unscaled scores)";
   // Positions are int in the kernels (with room for j + window); the grid's y is B * heads.
   LINEA_CHECK(k.dim(1) < INT_MAX / 4 && mask.window < INT_MAX / 4)
       << op << ": Tk = " << k.dim(1) << " or window " << mask.window << " too large";
@@ -620,7 +688,7 @@ template <int D, typename OutT>
 void run_forward(const AttnArgs& a, cudaStream_t stream) {
   static bool done = false;
   configure(attn_fwd_kernel<D, OutT>, fwd_smem<D>(), done, "softmax attention forward");
-  const dim3 grid((a.Tq + kBlockM - 1) / kBlockM, a.B * a.Hq);
+  const dim3 grid((a.Tq + QTile<D>::BM - 1) / QTile<D>::BM, a.B * a.Hq);
   attn_fwd_kernel<D, OutT><<<grid, kThreads, fwd_smem<D>(), stream>>>(a);
   check_launch("softmax attention forward");
 }
@@ -630,7 +698,7 @@ void run_backward(const AttnArgs& a, cudaStream_t stream) {
   static bool done_q = false, done_kv = false;
   configure(attn_dq_kernel<D, OutT>, dq_smem<D>(), done_q, "softmax attention dq");
   configure(attn_dkdv_kernel<D, OutT>, dkdv_smem<D>(), done_kv, "softmax attention dk, dv");
-  const dim3 grid_q((a.Tq + kBlockM - 1) / kBlockM, a.B * a.Hq);
+  const dim3 grid_q((a.Tq + QTile<D>::BM - 1) / QTile<D>::BM, a.B * a.Hq);
   attn_dq_kernel<D, OutT><<<grid_q, kThreads, dq_smem<D>(), stream>>>(a);
   check_launch("softmax attention dq");
   const dim3 grid_kv((a.Tk + kBlockN - 1) / kBlockN, a.B * a.Hkv);
@@ -643,7 +711,7 @@ void run_backward(const AttnArgs& a, cudaStream_t stream) {
 void softmax_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                const CausalMask& mask, Tensor& o, Tensor& lse) {
   const char* op = "softmax_attention_forward (CUDA)";
-  const Dims d = check_inputs(q, k, v, mask, op);
+  const Dims d = check_inputs(q, k, v, mask, scale, op);
   check_out(o, q, {d.B, d.Tq, d.Hq, d.D}, op, "o");
   check_lse(lse, q, d, op);
   OnDevice dev(q);
@@ -666,7 +734,7 @@ void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
                                 const Tensor& lse, const Tensor& d_o, double scale,
                                 const CausalMask& mask, Tensor& dq, Tensor& dk, Tensor& dv) {
   const char* op = "softmax_attention_backward (CUDA)";
-  const Dims d = check_inputs(q, k, v, mask, op);
+  const Dims d = check_inputs(q, k, v, mask, scale, op);
   const Shape o_shape{d.B, d.Tq, d.Hq, d.D};
   check_out(o, q, o_shape, op, "o");
   check_out(d_o, q, o_shape, op, "d_o");
