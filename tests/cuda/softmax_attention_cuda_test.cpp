@@ -135,9 +135,8 @@ TEST(SoftmaxAttentionCuda, RefusesWhatItDoesNotRunWithAMessage) {
   const Tensor q96 = random_cuda({1, 64, 2, 96}, 1, DType::kBF16);
   Tensor o96 = Tensor::empty(q96.shape(), DType::kBF16, Device::cuda(0));
   Tensor lse = Tensor::empty({1, 2, 64}, DType::kF32, Device::cuda(0));
-  expect_error_with(
-      [&] { kernels::softmax_attention_forward(q96, q96, q96, 0.1, {}, o96, lse); },
-      "(D = 96)");
+  expect_error_with([&] { kernels::softmax_attention_forward(q96, q96, q96, 0.1, {}, o96, lse); },
+                    "(D = 96)");
   const Tensor q = random_cuda({1, 64, 2, 64}, 2, DType::kBF16);
   Tensor o = Tensor::empty(q.shape(), DType::kBF16, Device::cuda(0));
   Tensor lse_bf16 = Tensor::empty({1, 2, 64}, DType::kBF16, Device::cuda(0));
@@ -147,7 +146,10 @@ TEST(SoftmaxAttentionCuda, RefusesWhatItDoesNotRunWithAMessage) {
   expect_error_with([&] { kernels::softmax_attention_forward(q, k3, k3, 0.1, {}, o, lse); },
                     "cannot be grouped");
   expect_error_with(
-      [&] { kernels::softmax_attention_forward(q, q, q, 0.1, {10, 0}, o, lse); }, "Tk = 64");
+      [&] {
+        kernels::softmax_attention_forward(q, q, q, 0.1, {10, 0}, o, lse);
+      },
+      "Tk = 64");
 }
 
 // ---- the mixer ---------------------------------------------------------------------------------
@@ -217,8 +219,7 @@ TEST(SoftmaxAttentionCuda, MixerOnGpuMatchesCpu) {
     ASSERT_FALSE(dx_g.device().is_cpu()) << what;
     const double e_y = rel_err(y_g, y_c), e_dx = rel_err(dx_g, dx_c);
     const double e_ref = rel_err(y_ref_g, y_c);
-    std::printf("mixer %s: y %.2e dx %.2e reference-mode y %.2e\n", what.c_str(), e_y, e_dx,
-                e_ref);
+    std::printf("mixer %s: y %.2e dx %.2e reference-mode y %.2e\n", what.c_str(), e_y, e_dx, e_ref);
     EXPECT_LT(e_y, 2e-2) << what << " y";
     EXPECT_LT(e_dx, 2e-2) << what << " dx";
     EXPECT_LT(e_ref, 1e-4) << what << " reference-mode y (f64 host loop on the GPU's q, k, v)";
