@@ -21,6 +21,8 @@
 //           dq, dk, dv are written (`=`): LASP-2H reduce-scatters dk and dv afterwards.
 // Scores and probability products go through BLAS per (batch, head, block of queries), over only
 // the keys the block can see; row reductions (max, sum, D_i) in f64.
+// CUDA tensors go to the flash-style kernels (kernels/cuda/softmax_attention.cu): f32 or bf16,
+// lse f32, D = Dv in {64, 128}, scale > 0.
 #pragma once
 
 #include <cstdint>

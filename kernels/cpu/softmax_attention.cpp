@@ -213,6 +213,7 @@ void backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o
 
 void softmax_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                const CausalMask& mask, Tensor& o, Tensor& lse) {
+  LINEA_ON_CUDA(q, softmax_attention_forward(q, k, v, scale, mask, o, lse));
   const char* op = "softmax_attention_forward";
   const Dims d = check_inputs(q, k, v, mask, op);
   check_like(o, {d.B, d.Tq, d.Hq, d.Dv}, q.dtype(), op, "o");
@@ -226,6 +227,7 @@ void softmax_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
 void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                                 const Tensor& lse, const Tensor& d_o, double scale,
                                 const CausalMask& mask, Tensor& dq, Tensor& dk, Tensor& dv) {
+  LINEA_ON_CUDA(q, softmax_attention_backward(q, k, v, o, lse, d_o, scale, mask, dq, dk, dv));
   const char* op = "softmax_attention_backward";
   const Dims d = check_inputs(q, k, v, mask, op);
   check_like(o, {d.B, d.Tq, d.Hq, d.Dv}, q.dtype(), op, "o");

@@ -16,6 +16,7 @@
 #include "kernels/adamw.h"
 #include "kernels/feature_map.h"
 #include "kernels/rope.h"
+#include "kernels/softmax_attention.h"
 
 namespace linea::kernels::cuda {
 
@@ -86,6 +87,16 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
                                              const Tensor& d_o, const Tensor& d_final_state,
                                              Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dgk,
                                              Tensor& dgv, Tensor& d_initial_state);
+
+// kernels/softmax_attention.h: flash-attention-2 style tiles on tensor cores (bf16 operands, f32
+// accumulation; f32 inputs rounded to bf16 copies), never the [Tq, Tk] scores; lse f32
+// [B, Hq, Tq]; D = Dv in {64, 128}; backward deterministic (a dQ pass and a dK/dV pass, no
+// atomics).
+void softmax_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                               const CausalMask& mask, Tensor& o, Tensor& lse);
+void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                                const Tensor& lse, const Tensor& d_o, double scale,
+                                const CausalMask& mask, Tensor& dq, Tensor& dk, Tensor& dv);
 
 // kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);

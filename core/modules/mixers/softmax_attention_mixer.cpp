@@ -156,8 +156,8 @@ SoftmaxAttention::Local SoftmaxAttention::project(const Tensor& x) {
 Tensor SoftmaxAttention::project_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const int64_t B = dq.dim(0), T = dq.dim(1);
   const kernels::RopeParams rope{rope_theta_, position_offset_};
-  Tensor dq_pre = Tensor::empty(dq.shape(), dq.dtype());
-  Tensor dk_pre = Tensor::empty(dk.shape(), dk.dtype());
+  Tensor dq_pre = Tensor::empty(dq.shape(), dq.dtype(), dq.device());
+  Tensor dk_pre = Tensor::empty(dk.shape(), dk.dtype(), dk.device());
   kernels::rope_backward(dq, rope, dq_pre);
   kernels::rope_backward(dk, rope, dk_pre);
   if (q_norm_) dq_pre = q_norm_->backward(dq_pre);
@@ -175,15 +175,25 @@ Tensor SoftmaxAttention::attend(const Tensor& q, const Tensor& k, const Tensor& 
   const int64_t B = q.dim(0), Tq = q.dim(1);
   mask_ = mask_for(keys_start, Tq, k.dim(1));
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  Tensor o = Tensor::empty({B, Tq, heads_, v.dim(3)}, q.dtype());
-  Tensor lse = Tensor::empty({B, heads_, Tq}, q.dtype());
-  if (recurrent_reference_) {
-    LINEA_CHECK(q.device().is_cpu()) << "softmax attention: the reference runs on CPU only";
+  const Device dev = q.device();
+  Tensor o = Tensor::empty({B, Tq, heads_, v.dim(3)}, q.dtype(), dev);
+  // Saved statistics are f32 on CUDA whatever the storage dtype (docs/cuda.md).
+  Tensor lse = Tensor::empty({B, heads_, Tq}, dev.is_cpu() ? q.dtype() : DType::kF32, dev);
+  if (recurrent_reference_ && dev.is_cpu()) {
     if (q.dtype() == DType::kF32) {
       naive_attention<float>(q, k, v, scale, mask_, o, lse);
     } else {
       naive_attention<double>(q, k, v, scale, mask_, o, lse);
     }
+  } else if (recurrent_reference_) {
+    // The reference is a host loop: on a GPU it runs in f64 on host copies of q, k, v.
+    const Tensor q64 = q.cpu().to(DType::kF64), k64 = k.cpu().to(DType::kF64);
+    const Tensor v64 = v.cpu().to(DType::kF64);
+    Tensor o64 = Tensor::empty(o.shape(), DType::kF64, Device::cpu());
+    Tensor lse64 = Tensor::empty(lse.shape(), DType::kF64, Device::cpu());
+    naive_attention<double>(q64, k64, v64, scale, mask_, o64, lse64);
+    o.copy_from(o64);
+    lse.copy_from(lse64);
   } else {
     kernels::softmax_attention_forward(q, k, v, scale, mask_, o, lse);
   }
@@ -198,9 +208,9 @@ Tensor SoftmaxAttention::attend(const Tensor& q, const Tensor& k, const Tensor& 
 SoftmaxAttention::AttendGrads SoftmaxAttention::attend_backward(const Tensor& d_o) {
   LINEA_CHECK(o_.defined()) << "softmax attention: attend_backward without attend";
   AttendGrads g;
-  g.dq = Tensor::empty(q_.shape(), q_.dtype());
-  g.dk = Tensor::empty(k_.shape(), k_.dtype());
-  g.dv = Tensor::empty(v_.shape(), v_.dtype());
+  g.dq = Tensor::empty(q_.shape(), q_.dtype(), q_.device());
+  g.dk = Tensor::empty(k_.shape(), k_.dtype(), k_.device());
+  g.dv = Tensor::empty(v_.shape(), v_.dtype(), v_.device());
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   kernels::softmax_attention_backward(q_, k_, v_, o_, lse_, d_o, scale, mask_, g.dq, g.dk, g.dv);
   q_ = k_ = v_ = o_ = lse_ = Tensor();

@@ -33,7 +33,11 @@
 //
 // Recurrent-reference mode: attend() computes the attention with a naive loop over (query, key)
 // pairs written in this module, independent of kernels/softmax_attention.h, so the mixer checks
-// compare two implementations. The backward always uses the kernel.
+// compare two implementations (on a GPU it runs in f64 on host copies of q, k, v). The backward
+// always uses the kernel.
+//
+// Devices: every tensor is allocated on the input's device, and the kernels dispatch on it, so
+// the mixer runs on CUDA tensors once its parameters are there (Model::to); lse is then f32.
 #pragma once
 
 #include <optional>
