@@ -4,7 +4,8 @@
 // cuBLAS bf16 GEMM 8192^3 1.603 ms (686 TFLOP/s), device copy about 4.26 TB/s, torch SDPA causal
 // (flash) at B8 T4096 H8 D128 bf16 0.512 ms forward, 2.164 ms forward + backward.
 //
-//   kernels_bench [--json out.json] [--quick] [--only gemm|norm|loss|optim|attention]
+//   kernels_bench [--json out.json] [--quick] [--only GROUP]   (GROUP: gemm, norm, loss, optim,
+//   attention, moe)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/modules/moe/moe_layer.h"
 #include "core/tensor/cuda_allocator.h"
 #include "core/tensor/cuda_device.h"
 #include "core/tensor/cuda_stream.h"
@@ -222,6 +224,44 @@ void attention_benches() {
 
 }  // namespace
 
+// The whole MoE layer (router, plan with its one read-back, permutation, one cuBLAS SwiGLU per
+// expert, combine, shared expert), f32; work = the FLOPs of the routed and shared experts.
+void moe_benches() {
+  for (auto [E, F] : {std::pair{int64_t(8), int64_t(1024)}, std::pair{int64_t(64), int64_t(256)}}) {
+    const int64_t N = 8192, D = 1024, k = 2;
+    linea::config::MoeConfig cfg;
+    cfg.set_num_experts(static_cast<int>(E));
+    cfg.set_top_k(static_cast<int>(k));
+    cfg.set_expert_intermediate_size(static_cast<int>(F));
+    cfg.set_num_shared_experts(1);
+    cfg.set_shared_intermediate_size(static_cast<int>(F));
+    cfg.set_shared_expert_gate(true);
+    cfg.set_aux_loss_coeff(0.01);
+    cfg.set_z_loss_coeff(0.001);
+    linea::MoeLayer layer("moe", D, cfg, DType::kF32);
+    layer.init(1, 0.02, 0.02);
+    linea::ParameterList ps;
+    layer.collect(ps);
+    for (linea::Parameter* p : ps) {
+      p->value = p->value.to(kGpu);
+      p->grad = p->grad.to(kGpu);
+    }
+    Tensor x = randn({N, D}, DType::kF32, 21), dy = randn({N, D}, DType::kF32, 22);
+    const std::string s =
+        "N 8192, D 1024, E " + std::to_string(E) + ", k 2, F " + std::to_string(F) + ", f32";
+    const double fwd = 2.0 * 3 * D * F * N * (k + 1);
+    bench(
+        "moe_layer_fwd", s, fwd, true, [&] { layer.forward(x); }, 20);
+    bench(
+        "moe_layer_fwd_bwd", s, 3 * fwd, true,
+        [&] {
+          layer.forward(x);
+          layer.backward(dy);
+        },
+        20);
+  }
+}
+
 int main(int argc, char** argv) {
   std::string json_path, only;  // only: one group of benchmarks (empty: all)
   for (int i = 1; i < argc; ++i) {
@@ -248,6 +288,7 @@ int main(int argc, char** argv) {
     group("loss", loss_embed_benches);
     group("optim", optim_benches);
     group("attention", attention_benches);
+    group("moe", moe_benches);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", e.what());
     return 1;

@@ -1,10 +1,12 @@
 #include "parallel/expert_dispatch.h"
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <string>
 
 #include "core/util/check.h"
+#include "kernels/moe_permute.h"
 
 namespace linea::parallel {
 
@@ -13,36 +15,6 @@ namespace {
 Shape with_rows(const Shape& s, int64_t rows) {
   Shape out = s;
   out[0] = rows;
-  return out;
-}
-
-size_t row_bytes(const Tensor& t) {
-  return t.dim(0) == 0 ? static_cast<size_t>(0) : t.nbytes() / static_cast<size_t>(t.dim(0));
-}
-
-// out[j] = in[index[j]] for every j; out has index.size() rows.
-Tensor gather_rows(const Tensor& in, const std::vector<int64_t>& index) {
-  Tensor out = Tensor::empty(with_rows(in.shape(), static_cast<int64_t>(index.size())), in.dtype());
-  const size_t rb = row_bytes(in);
-  if (rb == 0 || index.empty()) return out;
-  const auto* src = static_cast<const char*>(in.raw());
-  auto* dst = static_cast<char*>(out.raw());
-  for (size_t j = 0; j < index.size(); ++j) {
-    std::memcpy(dst + j * rb, src + static_cast<size_t>(index[j]) * rb, rb);
-  }
-  return out;
-}
-
-// out[index[j]] = in[j] for every j; out has `rows` rows, zero where no index points.
-Tensor scatter_rows(const Tensor& in, const std::vector<int64_t>& index, int64_t rows) {
-  Tensor out = Tensor::zeros(with_rows(in.shape(), rows), in.dtype());
-  const size_t rb = row_bytes(in);
-  if (rb == 0 || index.empty()) return out;
-  const auto* src = static_cast<const char*>(in.raw());
-  auto* dst = static_cast<char*>(out.raw());
-  for (size_t j = 0; j < index.size(); ++j) {
-    std::memcpy(dst + static_cast<size_t>(index[j]) * rb, src + j * rb, rb);
-  }
   return out;
 }
 
@@ -58,7 +30,7 @@ ExpertDispatcher::ExpertDispatcher(Communicator& ep, int num_experts)
   local_experts_ = num_experts / p;
 }
 
-void ExpertDispatcher::prepare(std::span<const int32_t> expert_of_copy) {
+void ExpertDispatcher::prepare(std::span<const int32_t> expert_of_copy, Device device) {
   const int p = ep_.size();
   const int e_total = num_experts_;
   num_copies_ = static_cast<int64_t>(expert_of_copy.size());
@@ -85,11 +57,12 @@ void ExpertDispatcher::prepare(std::span<const int32_t> expert_of_copy) {
   for (int e = 0; e < e_total; ++e) send_counts_[e / local_experts_] += per_expert[e];
 
   // The counts exchange: rank d gets the L counts of its experts from every rank.
-  Tensor counts_out = Tensor::empty({p, local_experts_}, DType::kI64);
+  Tensor counts_out = Tensor::empty({p, local_experts_}, DType::kI64, Device::cpu());
   std::memcpy(counts_out.raw(), per_expert.data(), per_expert.size() * sizeof(int64_t));
-  Tensor counts_in = Tensor::empty({p, local_experts_}, DType::kI64);
+  Tensor counts_in = Tensor::empty({p, local_experts_}, DType::kI64, device);
   const std::vector<int64_t> ones(static_cast<size_t>(p), 1);
-  ep_.all_to_all_v(counts_out, ones, counts_in, ones);
+  ep_.all_to_all_v(counts_out.to(device), ones, counts_in, ones);
+  counts_in = counts_in.cpu();
   const int64_t* in = counts_in.data<int64_t>();  // [source rank][local expert]
   const int l_total = local_experts_;
 
@@ -124,6 +97,15 @@ void ExpertDispatcher::prepare(std::span<const int32_t> expert_of_copy) {
       for (int64_t k = 0; k < in[s * l_total + l]; ++k) recv_to_grouped_[j++] = base + k;
     }
   }
+  // Both orders in one upload.
+  const int64_t sent = static_cast<int64_t>(send_order_.size());
+  Tensor orders = Tensor::empty({sent + num_received_}, DType::kI64, Device::cpu());
+  std::copy(send_order_.begin(), send_order_.end(), orders.data<int64_t>());
+  std::copy(recv_to_grouped_.begin(), recv_to_grouped_.end(), orders.data<int64_t>() + sent);
+  orders = orders.to(device);
+  send_index_ = orders.slice(0, sent);
+  recv_index_ = orders.slice(sent, sent + num_received_);
+  device_ = device;
   prepared_ = true;
 }
 
@@ -136,26 +118,41 @@ void ExpertDispatcher::check_rows(const char* op, const Tensor& t, int64_t rows)
   LINEA_CHECK(t.defined() && t.ndim() >= 1 && t.dim(0) == rows)
       << "ExpertDispatcher::" << op << ": expected " << rows << " rows, got "
       << (t.defined() ? shape_str(t.shape()) : std::string("an undefined tensor"));
-  LINEA_CHECK(t.device().is_cpu()) << "ExpertDispatcher::" << op << ": CPU tensors only";
+  LINEA_CHECK(t.device() == device_)
+      << "ExpertDispatcher::" << op << ": rows on " << t.device().str() << ", but prepare was told "
+      << device_.str();
+}
+
+Tensor ExpertDispatcher::gather(const Tensor& in, const Tensor& index) const {
+  Tensor out = Tensor::empty(with_rows(in.shape(), index.numel()), in.dtype(), in.device());
+  kernels::gather_rows(in, index, out);
+  return out;
+}
+
+Tensor ExpertDispatcher::scatter(const Tensor& in, const Tensor& index, int64_t rows) const {
+  Tensor out = Tensor::zeros(with_rows(in.shape(), rows), in.dtype(), in.device());
+  kernels::scatter_rows(in, index, out);
+  return out;
 }
 
 // ---- dispatch ---------------------------------------------------------------------------------
 
 Tensor ExpertDispatcher::pack_dispatch(const Tensor& copies) const {
   check_rows("pack_dispatch", copies, num_copies_);
-  return gather_rows(copies, send_order_);
+  return gather(copies, send_index_);
 }
 
 Tensor ExpertDispatcher::exchange_dispatch(const Tensor& packed) {
   check_rows("exchange_dispatch", packed, static_cast<int64_t>(send_order_.size()));
-  Tensor received = Tensor::empty(with_rows(packed.shape(), num_received_), packed.dtype());
+  Tensor received =
+      Tensor::empty(with_rows(packed.shape(), num_received_), packed.dtype(), packed.device());
   ep_.all_to_all_v(packed, send_counts_, received, recv_counts_);
   return received;
 }
 
 Tensor ExpertDispatcher::unpack_dispatched(const Tensor& received) const {
   check_rows("unpack_dispatched", received, num_received_);
-  return scatter_rows(received, recv_to_grouped_, num_received_);
+  return scatter(received, recv_index_, num_received_);
 }
 
 Tensor ExpertDispatcher::dispatch(const Tensor& copies) {
@@ -166,20 +163,21 @@ Tensor ExpertDispatcher::dispatch(const Tensor& copies) {
 
 Tensor ExpertDispatcher::pack_combine(const Tensor& expert_rows) const {
   check_rows("pack_combine", expert_rows, num_received_);
-  return gather_rows(expert_rows, recv_to_grouped_);
+  return gather(expert_rows, recv_index_);
 }
 
 Tensor ExpertDispatcher::exchange_combine(const Tensor& packed) {
   check_rows("exchange_combine", packed, num_received_);
-  Tensor returned = Tensor::empty(
-      with_rows(packed.shape(), static_cast<int64_t>(send_order_.size())), packed.dtype());
+  Tensor returned =
+      Tensor::empty(with_rows(packed.shape(), static_cast<int64_t>(send_order_.size())),
+                    packed.dtype(), packed.device());
   ep_.all_to_all_v(packed, recv_counts_, returned, send_counts_);
   return returned;
 }
 
 Tensor ExpertDispatcher::unpack_combined(const Tensor& returned) const {
   check_rows("unpack_combined", returned, static_cast<int64_t>(send_order_.size()));
-  return scatter_rows(returned, send_order_, num_copies_);
+  return scatter(returned, send_index_, num_copies_);
 }
 
 Tensor ExpertDispatcher::combine(const Tensor& expert_rows) {

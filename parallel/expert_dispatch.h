@@ -22,7 +22,11 @@
 // (kAllToAll: rows to other ranks only). With P = 1 everything is a local permutation.
 //
 // Every call is collective over the EP group (all ranks call prepare, then the same sequence of
-// exchanges). Rows may be any dtype; CPU tensors (the permutations are byte copies).
+// exchanges). Rows may be any dtype on the CPU or a GPU (the permutations are byte copies,
+// kernels/moe_permute.h gather_rows/scatter_rows); the bookkeeping (counts, orders) lives on the
+// host, and prepare uploads the row orders once to the device the rows will be on. On a GPU the
+// counts exchange moves a device tensor (the NCCL communicator takes only those; the MPI one
+// stages it through the host) and reads it back: one small wait per prepare.
 #pragma once
 
 #include <cstdint>
@@ -39,8 +43,9 @@ class ExpertDispatcher {
   ExpertDispatcher(Communicator& ep, int num_experts);
 
   // expert_of_copy[i] is the global expert of copy i, or -1 when the copy is dropped (capacity).
-  // Collective: exchanges the per-expert counts with every rank of the group.
-  void prepare(std::span<const int32_t> expert_of_copy);
+  // Collective: exchanges the per-expert counts with every rank of the group. device: where the
+  // rows of the following dispatch/combine calls live.
+  void prepare(std::span<const int32_t> expert_of_copy, Device device = Device::cpu());
 
   // ---- forward and backward, side by side ------------------------------------------------
   Tensor dispatch(const Tensor& copies);
@@ -78,6 +83,9 @@ class ExpertDispatcher {
  private:
   void check_prepared(const char* op) const;
   void check_rows(const char* op, const Tensor& t, int64_t rows) const;
+  // out[j] = in[index[j]]; out[index[j]] = in[j] (zero elsewhere), on the rows' device.
+  Tensor gather(const Tensor& in, const Tensor& index) const;
+  Tensor scatter(const Tensor& in, const Tensor& index, int64_t rows) const;
 
   Communicator& ep_;
   int num_experts_;
@@ -91,6 +99,9 @@ class ExpertDispatcher {
   // recv_to_grouped_[j] = the row of dispatch's output for received row j.
   std::vector<int64_t> recv_to_grouped_;
   std::vector<int64_t> local_expert_counts_;
+  // send_order_ and recv_to_grouped_ as i64 on the rows' device (prepare's `device`).
+  Device device_;
+  Tensor send_index_, recv_index_;
 };
 
 }  // namespace linea::parallel

@@ -98,6 +98,36 @@ void softmax_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
                                 const Tensor& lse, const Tensor& d_o, double scale,
                                 const CausalMask& mask, Tensor& dq, Tensor& dk, Tensor& dv);
 
+// kernels/moe_permute.h (weights, dweights and gates f32; indices trusted: the plan built them).
+void moe_permute(const Tensor& x, const Tensor& row_copy, int64_t top_k, Tensor& rows);
+void moe_permute_backward(const Tensor& drows, const Tensor& copy_row, int64_t top_k, Tensor& dx);
+void moe_unpermute_combine(const Tensor& rows, const Tensor& copy_row, const Tensor& weight,
+                           int64_t top_k, Tensor& out);
+void moe_unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const Tensor& copy_row,
+                                    const Tensor& weight, int64_t top_k, Tensor& drows,
+                                    Tensor& dweight);
+void moe_gate_add(const Tensor& logit, const Tensor& s, Tensor& gate, Tensor& y);
+void moe_gate_backward(const Tensor& dy, const Tensor& s, const Tensor& gate, Tensor& ds,
+                       Tensor& dlogit);
+void gather_rows(const Tensor& in, const Tensor& index, Tensor& out);
+void scatter_rows(const Tensor& in, const Tensor& index, Tensor& out);
+
+// The MoE router on GPU tensors (core/modules/moe/router.h; kernels/cuda/moe_route.cu), f32
+// arithmetic. Forward: logits [N, E] (f32 or bf16), bias [E] f32 (sigmoid router only) ->
+// expert [N k] i32 (top-k, ties to the lower index), weight [N k] f32, score [N, E] f32 (p or s),
+// prob [N, E] f32 (softmax), lse [N] f32 and stats [N k + E + 1] f64 = (the experts as numbers,
+// sum_t q[t, e] per expert, sum_t lse[t]^2), the one buffer the host reads back.
+void moe_route_forward(const Tensor& logits, const Tensor& bias, int64_t top_k, bool sigmoid,
+                       bool normalise, double routed_scaling, Tensor& expert, Tensor& weight,
+                       Tensor& score, Tensor& prob, Tensor& lse, Tensor& stats);
+// dlogits [N, E] (`=`, dtype of the logits) from d(loss)/d(weight) [N k] f32, the aux gradient
+// per expert aux_scale * daux[e] (d aux / d q[t, e], the same for every token) and the z-loss
+// gradient dz_coeff * lse[t] * prob[t, e].
+void moe_route_backward(const Tensor& dweight, const Tensor& expert, const Tensor& weight,
+                        const Tensor& score, const Tensor& prob, const Tensor& lse,
+                        const Tensor& daux, int64_t top_k, double aux_scale, double dz_coeff,
+                        bool sigmoid, bool normalise, double routed_scaling, Tensor& dlogits);
+
 // kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/elementwise.h"
+#include "kernels/moe_permute.h"
 
 namespace linea {
 namespace {
@@ -84,7 +85,7 @@ std::vector<int64_t> MoeLayer::local_counts() const {
 
 Tensor MoeLayer::experts_apply(const Tensor& rows, const std::vector<int64_t>& counts,
                                bool backward) {
-  Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_);
+  Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_, rows.device());
   int64_t a = 0;
   for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
     if (counts[e] == 0) continue;
@@ -99,11 +100,14 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const Shape shape = x.shape();
   const int64_t N = x.numel() / hidden_;
   const Tensor xf = x.view({N, hidden_});
+  const bool gpu = !x.device().is_cpu();
+  const DefaultDeviceScope on(x.device());
 
   // route -> prepare
   const Routing& r = router_.forward(xf);
   plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
                         expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
+  if (gpu) upload_plan(plan_, x.device());
   Tensor rows = permute_tokens(xf, plan_);
   if (dispatcher_) {
     // The plan's rows are already grouped by global expert; dispatch keeps that order per source.
@@ -111,7 +115,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
     for (int64_t e = 0; e < num_experts(); ++e)
       std::fill(expert_of_row.begin() + plan_.offsets[e],
                 expert_of_row.begin() + plan_.offsets[e + 1], static_cast<int32_t>(e));
-    dispatcher_->prepare(expert_of_row);
+    dispatcher_->prepare(expert_of_row, x.device());
     // dispatch -> this rank's experts on every source's rows -> combine back to plan order
     expert_out_ =
         dispatcher_->combine(experts_apply(dispatcher_->dispatch(rows), local_counts(), false));
@@ -119,18 +123,25 @@ Tensor MoeLayer::forward(const Tensor& x) {
     expert_out_ = experts_apply(rows, local_counts(), false);
   }
   // finish: un-permute and combine with the router weights
-  Tensor y = unpermute_combine(expert_out_, plan_, r.weight);
+  Tensor y = gpu ? unpermute_combine(expert_out_, plan_, r.weights)
+                 : unpermute_combine(expert_out_, plan_, r.weight);
 
   if (shared_) {
     Tensor s = shared_->forward(xf);
-    if (shared_gate_) {
+    if (shared_gate_ && gpu) {
+      shared_gate_dev_ = Tensor::empty({N}, DType::kF32, x.device());
+      kernels::moe_gate_add(shared_gate_->forward(xf), s, shared_gate_dev_, y);
+      shared_out_ = s;
+    } else if (shared_gate_) {
       const std::vector<double> logit = shared_gate_->forward(xf).to_vector();
       shared_gate_value_.resize(N);
       for (int64_t t = 0; t < N; ++t) shared_gate_value_[t] = 1.0 / (1.0 + std::exp(-logit[t]));
       shared_out_ = s.clone();
       scale_rows(s, shared_gate_value_);
+      kernels::add_inplace(y, s);
+    } else {
+      kernels::add_inplace(y, s);
     }
-    kernels::add_inplace(y, s);
   }
 
   stats_.aux_loss = router_.aux_loss();
@@ -149,9 +160,18 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   const Shape shape = dy.shape();
   const int64_t N = dy.numel() / hidden_;
   const Tensor dyf = dy.view({N, hidden_});
-  Tensor dx = Tensor::zeros({N, hidden_}, dtype_);
+  const bool gpu = !dy.device().is_cpu();
+  const DefaultDeviceScope on(dy.device());
+  Tensor dx = Tensor::zeros({N, hidden_}, dtype_, dy.device());
 
-  if (shared_) {
+  if (shared_ && shared_gate_ && gpu) {
+    Tensor ds = Tensor::empty({N, hidden_}, dyf.dtype(), dy.device());
+    Tensor dlogit = Tensor::empty({N, 1}, dyf.dtype(), dy.device());
+    kernels::moe_gate_backward(dyf, shared_out_, shared_gate_dev_, ds, dlogit);
+    shared_out_ = Tensor();
+    kernels::add_inplace(dx, shared_gate_->backward(dlogit));
+    kernels::add_inplace(dx, shared_->backward(ds));
+  } else if (shared_) {
     Tensor ds = dyf.clone();
     if (shared_gate_) {
       std::vector<double> dlogit(N);
@@ -168,7 +188,12 @@ Tensor MoeLayer::backward(const Tensor& dy) {
 
   Tensor drows;
   std::vector<double> dweight;
-  unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weights(), drows, dweight);
+  Tensor dweight_dev;
+  if (gpu)
+    unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weight_tensor(), drows,
+                               dweight_dev);
+  else
+    unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weights(), drows, dweight);
   expert_out_ = Tensor();
   if (dispatcher_) {
     // combine's backward is dispatch; dispatch's backward is combine (expert_dispatch.h).
@@ -178,7 +203,8 @@ Tensor MoeLayer::backward(const Tensor& dy) {
     drows = experts_apply(drows, local_counts(), true);
   }
   permute_tokens_backward(drows, plan_, dx);
-  kernels::add_inplace(dx, router_.backward(dweight, aux_grad_scale_));
+  kernels::add_inplace(dx, gpu ? router_.backward(dweight_dev, aux_grad_scale_)
+                               : router_.backward(dweight, aux_grad_scale_));
   return dx.view(shape);
 }
 

@@ -22,6 +22,12 @@
 //
 // The aux and z losses enter the backward multiplied by aux_grad_scale (set by the model: the
 // weight of this micro-batch's aux losses in the step's objective, docs/moe.md).
+//
+// On a GPU (parameters moved with Model::to, x a CUDA tensor) the same steps run there: the
+// router's kernels, the plan built on the host from the one read-back of the chosen experts and
+// uploaded once, the permutation and combine kernels (kernels/moe_permute.h), each expert's
+// SwiGLU through cuBLAS on its row block, the shared gate as one kernel. forward and backward
+// allocate on x's device (a DefaultDeviceScope of their own). docs/moe.md lists the host syncs.
 #pragma once
 
 #include <memory>
@@ -103,6 +109,7 @@ class MoeLayer : public ChannelMixer {
   Tensor expert_out_;                      // [rows, D] in plan order, for the combine backward
   Tensor shared_out_;                      // [N, D], with the shared gate
   std::vector<double> shared_gate_value_;  // [N] sigmoid gate
+  Tensor shared_gate_dev_;                 // the same on a GPU: [N] f32
   MoeStats stats_;
   std::vector<double> step_load_;
   bool replaying_ = false;

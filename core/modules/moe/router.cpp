@@ -4,6 +4,10 @@
 #include <cmath>
 #include <numeric>
 
+#ifdef LINEA_HAS_CUDA
+#include "kernels/cuda/ops.h"
+#endif
+
 namespace linea {
 
 Router::Router(const std::string& name, int64_t hidden, const config::MoeConfig& cfg, DType dtype,
@@ -16,13 +20,14 @@ Router::Router(const std::string& name, int64_t hidden, const config::MoeConfig&
       dtype_(dtype) {}
 
 const Routing& Router::forward(const Tensor& x) {
+  if (!x.device().is_cpu()) return forward_cuda(x);
   const int64_t N = x.dim(0), E = experts_, k = cfg_.top_k();
   const std::vector<double> z = proj_.forward(x).to_vector();
   const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
   score_.assign(N * E, 0.0);
   softmax_.assign(N * E, 0.0);
   lse_.assign(N, 0.0);
-  routing_ = {N, k, std::vector<int32_t>(N * k), std::vector<double>(N * k)};
+  routing_ = {N, k, std::vector<int32_t>(N * k), std::vector<double>(N * k), Tensor(), Tensor()};
   load_.assign(E, 0);
   std::vector<double> prob_sum(E, 0.0), key(E);
   std::vector<int32_t> order(E);
@@ -59,6 +64,12 @@ const Routing& Router::forward(const Tensor& x) {
       ++load_[order[j]];
     }
   }
+  finish_losses(prob_sum, z_sum, N);
+  return routing_;
+}
+
+void Router::finish_losses(const std::vector<double>& prob_sum, double z_sum, int64_t N) {
+  const int64_t E = experts_, k = cfg_.top_k();
   // The statistics of the losses, over the sequence group: [load (E), prob_sum (E), z_sum, N].
   std::vector<double> g(2 * E + 2);
   for (int64_t e = 0; e < E; ++e) g[e] = static_cast<double>(load_[e]), g[E + e] = prob_sum[e];
@@ -80,7 +91,80 @@ const Routing& Router::forward(const Tensor& x) {
     aux_loss_ *= cfg_.aux_loss_coeff() * static_cast<double>(E);
     z_loss_ = cfg_.z_loss_coeff() * g[2 * E] / group_tokens_;
   }
+}
+
+const Routing& Router::forward_cuda(const Tensor& x) {
+#ifdef LINEA_HAS_CUDA
+  const int64_t N = x.dim(0), E = experts_, k = cfg_.top_k();
+  const Device dev = x.device();
+  const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
+  const Tensor z = proj_.forward(x);
+  if (sigmoid &&
+      (!bias_dev_.defined() || !(bias_dev_.device() == dev) || bias_on_device_ != bias_)) {
+    Tensor h = Tensor::empty({E}, DType::kF32, Device::cpu());
+    for (int64_t e = 0; e < E; ++e) h.data<float>()[e] = static_cast<float>(bias_[e]);
+    bias_dev_ = h.to(dev);
+    bias_on_device_ = bias_;
+  }
+  routing_ = {N,
+              k,
+              std::vector<int32_t>(N * k),
+              {},
+              Tensor::empty({N * k}, DType::kI32, dev),
+              Tensor::empty({N * k}, DType::kF32, dev)};
+  score_dev_ = Tensor::empty({N, E}, DType::kF32, dev);
+  prob_dev_ = Tensor::empty({N, E}, DType::kF32, dev);
+  lse_dev_ = Tensor::empty({N}, DType::kF32, dev);
+  Tensor stats = Tensor::empty({N * k + E + 1}, DType::kF64, dev);
+  kernels::cuda::moe_route_forward(z, bias_dev_, k, sigmoid, sigmoid || cfg_.renormalize(),
+                                   cfg_.routed_scaling(), routing_.expert_index, routing_.weights,
+                                   score_dev_, prob_dev_, lse_dev_, stats);
+  // The one read-back of the layer's forward.
+  const std::vector<double> h = stats.to_vector();
+  load_.assign(E, 0);
+  for (int64_t c = 0; c < N * k; ++c) {
+    routing_.expert[c] = static_cast<int32_t>(h[c]);
+    ++load_[routing_.expert[c]];
+  }
+  finish_losses(std::vector<double>(h.begin() + N * k, h.begin() + N * k + E), h[N * k + E], N);
+  // d(aux)/dq per expert without the backward's scale, uploaded while the stream is idle.
+  const double n_group = std::max(group_tokens_, 1.0);
+  Tensor daux = Tensor::empty({E}, DType::kF32, Device::cpu());
+  for (int64_t e = 0; e < E; ++e)
+    daux.data<float>()[e] =
+        static_cast<float>(cfg_.aux_loss_coeff() * static_cast<double>(E) *
+                           (group_load_[e] / (n_group * static_cast<double>(k))) / n_group);
+  daux_dev_ = daux.to(dev);
   return routing_;
+#else
+  LINEA_CHECK(false) << "Router::forward: x is on " << x.device().str()
+                     << " but this build has no CUDA backend";
+  return routing_;
+#endif
+}
+
+Tensor Router::backward(const Tensor& dweight, double aux_scale) {
+#ifdef LINEA_HAS_CUDA
+  const int64_t N = routing_.tokens, E = experts_, k = routing_.top_k;
+  LINEA_CHECK(routing_.expert_index.defined() && dweight.device() == routing_.expert_index.device())
+      << "Router::backward: dweight on " << dweight.device().str()
+      << " after a forward that did not run there";
+  const bool sigmoid = cfg_.router() == config::MoeConfig::SIGMOID_BIAS;
+  const double scale = aux_scale * group_size_;
+  const double n_group = std::max(group_tokens_, 1.0);
+  Tensor dz = Tensor::empty({N, E}, dtype_, dweight.device());
+  kernels::cuda::moe_route_backward(dweight, routing_.expert_index, routing_.weights, score_dev_,
+                                    prob_dev_, lse_dev_, daux_dev_, k, scale,
+                                    scale * cfg_.z_loss_coeff() * 2.0 / n_group, sigmoid,
+                                    sigmoid || cfg_.renormalize(), cfg_.routed_scaling(), dz);
+  score_dev_ = prob_dev_ = lse_dev_ = Tensor();
+  return proj_.backward(dz);
+#else
+  static_cast<void>(aux_scale);
+  LINEA_CHECK(false) << "Router::backward: dweight is on " << dweight.device().str()
+                     << " but this build has no CUDA backend";
+  return Tensor();
+#endif
 }
 
 Tensor Router::backward(const std::vector<double>& dweight, double aux_scale) {

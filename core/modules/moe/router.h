@@ -20,6 +20,13 @@
 // The top-k choice is piecewise constant: gradients flow through the weights, P_e and the z-loss.
 // backward(dw, aux_scale) returns dx for d(loss)/dw = dw plus aux_scale * d(aux + z), and
 // accumulates (`+=`) the same into W's gradient. Computed in f64 on CPU.
+//
+// On a GPU (x a CUDA tensor; kernels/cuda/moe_route.cu): the same formulas in f32, one warp per
+// token; the weights stay on the device (Routing::weights) and backward takes d(weights) as a
+// device tensor. The host reads back one buffer per forward, the [N k] chosen experts and the
+// per-expert sums of the losses (it needs them for the dispatch plan, the load and the losses),
+// and uploads d(aux)/dq per expert for backward while the stream is idle; the sigmoid bias is
+// uploaded when it has changed since the last forward.
 #pragma once
 
 #include <vector>
@@ -33,7 +40,9 @@ namespace linea {
 struct Routing {
   int64_t tokens = 0, top_k = 0;
   std::vector<int32_t> expert;  // [N * k], copy c = t * k + j
-  std::vector<double> weight;   // [N * k] combine weights
+  std::vector<double> weight;   // [N * k] combine weights (CPU inputs)
+  // GPU inputs: the experts as [N * k] i32 and the combine weights as [N * k] f32, on x's device.
+  Tensor expert_index, weights;
 };
 
 class Router {
@@ -46,6 +55,8 @@ class Router {
   const Routing& forward(const Tensor& x);
   // dweight [N * k] = d(loss)/d(weight); returns dx [N, D].
   Tensor backward(const std::vector<double>& dweight, double aux_scale);
+  // GPU: dweight [N * k] f32 on the device of the forward's x.
+  Tensor backward(const Tensor& dweight, double aux_scale);
   void collect(ParameterList& out) { proj_.collect(out); }
   void release_saved() {
     proj_.release_saved();
@@ -64,8 +75,13 @@ class Router {
   std::vector<double>& bias() { return bias_; }
   Parameter& weight() { return proj_.weight(); }
   const std::vector<double>& combine_weights() const { return routing_.weight; }
+  const Tensor& combine_weight_tensor() const { return routing_.weights; }  // GPU
 
  private:
+  const Routing& forward_cuda(const Tensor& x);
+  // aux_loss_ and z_loss_ from this rank's per-expert probability sums, sum of lse^2 and tokens
+  // (summed over the sequence group first); fills group_load_, group_tokens_, group_size_.
+  void finish_losses(const std::vector<double>& prob_sum, double z_sum, int64_t tokens);
   config::MoeConfig cfg_;
   int64_t experts_;
   Linear proj_;
@@ -80,6 +96,9 @@ class Router {
   std::vector<double> score_, lse_, softmax_;
   double aux_loss_ = 0, z_loss_ = 0;
   DType dtype_;
+  // GPU: saved for backward (f32 [N, E], [N, E], [N], [E]), and the bias as last uploaded.
+  Tensor score_dev_, prob_dev_, lse_dev_, daux_dev_, bias_dev_;
+  std::vector<double> bias_on_device_;
 };
 
 }  // namespace linea

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/util/check.h"
+#include "kernels/moe_permute.h"
 
 namespace linea {
 namespace {
@@ -98,7 +99,37 @@ DispatchPlan plan_dispatch(const std::vector<int32_t>& expert, int64_t tokens, i
   return p;
 }
 
+void upload_plan(DispatchPlan& plan, Device device) {
+  const int64_t rows = plan.rows(), copies = plan.tokens * plan.top_k;
+  LINEA_CHECK(static_cast<int64_t>(plan.row_copy.size()) == rows &&
+              static_cast<int64_t>(plan.copy_row.size()) == copies)
+      << "upload_plan: a plan of " << rows << " rows and " << copies << " copies holds "
+      << plan.row_copy.size() << " and " << plan.copy_row.size();
+  Tensor host = Tensor::empty({rows + copies}, DType::kI32, Device::cpu());
+  int32_t* h = host.data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) h[r] = static_cast<int32_t>(plan.row_copy[r]);
+  for (int64_t c = 0; c < copies; ++c) h[rows + c] = static_cast<int32_t>(plan.copy_row[c]);
+  const Tensor on = host.to(device);
+  plan.row_copy_index = on.slice(0, rows);
+  plan.copy_row_index = on.slice(rows, rows + copies);
+}
+
+namespace {
+
+void check_uploaded(const DispatchPlan& plan, const Tensor& t, const char* op) {
+  LINEA_CHECK(plan.copy_row_index.defined() && plan.copy_row_index.device() == t.device())
+      << op << ": the plan's indices are not on " << t.device().str() << " (upload_plan first)";
+}
+
+}  // namespace
+
 Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan) {
+  if (!x.device().is_cpu()) {
+    check_uploaded(plan, x, "permute_tokens");
+    Tensor rows = Tensor::empty({plan.rows(), x.dim(-1)}, x.dtype(), x.device());
+    kernels::moe_permute(x, plan.row_copy_index, plan.top_k, rows);
+    return rows;
+  }
   check_cpu_float(x, "permute_tokens");
   const int64_t D = x.dim(-1);
   Tensor rows = Tensor::empty({plan.rows(), D}, x.dtype());
@@ -110,6 +141,11 @@ Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan) {
 }
 
 void permute_tokens_backward(const Tensor& drows, const DispatchPlan& plan, Tensor& dx) {
+  if (!dx.device().is_cpu()) {
+    check_uploaded(plan, dx, "permute_tokens_backward");
+    kernels::moe_permute_backward(drows, plan.copy_row_index, plan.top_k, dx);
+    return;
+  }
   check_cpu_float(dx, "permute_tokens_backward");
   const int64_t D = dx.dim(-1);
   if (dx.dtype() == DType::kF32)
@@ -143,6 +179,22 @@ void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const Disp
   else
     combine_backward(dy.data<double>(), rows.data<double>(), plan, weight, D, drows.data<double>(),
                      dweight);
+}
+
+Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight) {
+  if (!rows.device().is_cpu()) check_uploaded(plan, rows, "unpermute_combine");
+  Tensor out = Tensor::empty({plan.tokens, rows.dim(-1)}, rows.dtype(), rows.device());
+  kernels::moe_unpermute_combine(rows, plan.copy_row_index, weight, plan.top_k, out);
+  return out;
+}
+
+void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const DispatchPlan& plan,
+                                const Tensor& weight, Tensor& drows, Tensor& dweight) {
+  if (!dy.device().is_cpu()) check_uploaded(plan, dy, "unpermute_combine_backward");
+  drows = Tensor::empty(rows.shape(), rows.dtype(), rows.device());
+  dweight = Tensor::empty({plan.tokens * plan.top_k}, weight.dtype(), dy.device());
+  kernels::moe_unpermute_combine_backward(dy, rows, plan.copy_row_index, weight, plan.top_k, drows,
+                                          dweight);
 }
 
 }  // namespace linea

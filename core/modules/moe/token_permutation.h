@@ -7,6 +7,10 @@
 //
 // Gradient partners: permute_tokens_backward is the scatter-add dual of permute_tokens;
 // unpermute_combine_backward gives d(permuted rows) (`=`) and d(combine weights) (`=`).
+//
+// On a GPU the plan is still built on the host (from the [N k] experts the router read back);
+// upload_plan copies row_copy and copy_row to the device once, and the row movement runs the
+// kernels of kernels/moe_permute.h, with the combine weights as an f32 device tensor.
 #pragma once
 
 #include <vector>
@@ -21,6 +25,8 @@ struct DispatchPlan {
   std::vector<int64_t> row_copy;  // [rows]: copy index c = t * k + j of each permuted row
   std::vector<int64_t> copy_row;  // [N * k]: row of each copy, -1 when dropped
   int64_t dropped = 0;
+  // i32 copies of row_copy and copy_row on the data's device (upload_plan; GPU only).
+  Tensor row_copy_index, copy_row_index;
   int64_t rows() const { return offsets.empty() ? 0 : offsets.back(); }
 };
 
@@ -29,6 +35,9 @@ DispatchPlan plan_dispatch(const std::vector<int32_t>& expert, int64_t tokens, i
                            int64_t experts, int64_t capacity);
 // capacity = ceil(capacity_factor * tokens * top_k / experts), or -1 when capacity_factor is 0.
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t experts);
+
+// Uploads row_copy and copy_row to `device` (one host-to-device copy) for the tensor overloads.
+void upload_plan(DispatchPlan& plan, Device device);
 
 // x [N, D] -> rows [plan.rows(), D].
 Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan);
@@ -42,5 +51,10 @@ Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan,
 void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const DispatchPlan& plan,
                                 const std::vector<double>& weight, Tensor& drows,
                                 std::vector<double>& dweight);
+// The same with device weights [N k] f32 (any device; GPU tensors need upload_plan): dweight
+// is written as [N k] f32 next to dy.
+Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight);
+void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const DispatchPlan& plan,
+                                const Tensor& weight, Tensor& drows, Tensor& dweight);
 
 }  // namespace linea
