@@ -16,42 +16,50 @@ namespace linea {
 namespace {
 
 constexpr const char* kWhatRuns =
-    "train.device = cuda runs, today: every layer LINEAR_ATTENTION (feature map IDENTITY, "
-    "ELU_PLUS_ONE or RELU, no window, heads of 64 or 128, value width a multiple of 64) with a "
-    "DENSE channel mixer, train.dtype f32, parallel.sp = ep = 1 "
-    "(docs/cuda.md)";
+    "train.device = cuda runs: L layers LINEAR_ATTENTION (feature map IDENTITY, ELU_PLUS_ONE or "
+    "RELU, no window), LIGHTNING, RETNET, SIMPLE_GLA, GLA or HGRN2, without short convolution, "
+    "with key heads of 64 or 128 and values a multiple of 64; N layers softmax attention with "
+    "heads of 64 or 128; DENSE or MOE channel mixers; train.dtype f32 (train.precision f32 or "
+    "bf16); any DP, SP and EP layout (docs/cuda.md)";
+
+bool gpu_mixer_kind(config::MixerConfig::Kind k) {
+  using MC = config::MixerConfig;
+  return k == MC::LINEAR_ATTENTION || k == MC::LIGHTNING || k == MC::RETNET ||
+         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2;
+}
 
 void check_gpu_model(const config::Config& cfg) {
   using MC = config::MixerConfig;
   const auto& t = cfg.train();
   LINEA_USER_CHECK(t.dtype() == "f32", kWhatRuns)
-      << "train.dtype = " << t.dtype() << " is not supported with train.device = cuda";
-  LINEA_USER_CHECK(cfg.parallel().sp() == 1 && cfg.parallel().ep() == 1, kWhatRuns)
-      << "parallel.sp = " << cfg.parallel().sp() << ", parallel.ep = " << cfg.parallel().ep()
-      << ": sequence and expert parallelism do not run on GPUs yet";
-  LINEA_USER_CHECK(cfg.model().channel_mixer().kind() == config::ChannelMixerConfig::DENSE,
-                   kWhatRuns)
-      << "model.channel_mixer.kind = "
-      << config::ChannelMixerConfig::Kind_Name(cfg.model().channel_mixer().kind())
-      << ": the MoE layers do not run on GPUs yet";
+      << "train.dtype = " << t.dtype()
+      << " is not supported with train.device = cuda (f32 master weights; train.precision "
+         "chooses bf16 matmuls)";
   const std::string pattern = resolved_layer_pattern(cfg);
   for (int layer = 0; layer < static_cast<int>(pattern.size()); ++layer) {
-    LINEA_USER_CHECK(pattern[layer] == 'L', kWhatRuns)
-        << "layer " << layer << " is softmax attention (model.layer_pattern " << pattern
-        << "): not on GPUs yet";
+    if (pattern[layer] == 'N') {
+      const auto& a = cfg.model().attention();
+      const int64_t d = a.head_dim() > 0 ? a.head_dim() : cfg.model().hidden_size() / a.num_heads();
+      LINEA_USER_CHECK(d == 64 || d == 128, kWhatRuns)
+          << "layer " << layer << ": softmax attention with heads of " << d
+          << " (model.attention.head_dim) is not on GPUs";
+      continue;
+    }
     const MC m = mixer_config_for_layer(cfg, layer);
-    const bool map_ok = m.feature_map() == MC::IDENTITY || m.feature_map() == MC::ELU_PLUS_ONE ||
-                        m.feature_map() == MC::RELU;
+    const bool map_ok = m.kind() != MC::LINEAR_ATTENTION || m.feature_map() == MC::IDENTITY ||
+                        m.feature_map() == MC::ELU_PLUS_ONE || m.feature_map() == MC::RELU;
+    const bool conv = m.short_conv() == MC::ON;
     MixerContext ctx;
     ctx.hidden = cfg.model().hidden_size();
     const int64_t dk = mixer_head_dim(ctx, m);
     const int64_t dv = m.value_dim() > 0 ? m.value_dim() : dk;
-    LINEA_USER_CHECK(m.kind() == MC::LINEAR_ATTENTION && map_ok && m.window_size() == 0 &&
+    LINEA_USER_CHECK(gpu_mixer_kind(m.kind()) && map_ok && m.window_size() == 0 && !conv &&
                          (dk == 64 || dk == 128) && dv % 64 == 0,
                      kWhatRuns)
         << "layer " << layer << ": mixer " << MC::Kind_Name(m.kind()) << ", feature map "
-        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", head " << dk
-        << " x " << dv << " is not on GPUs yet";
+        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size()
+        << ", short conv " << (conv ? "on" : "off") << ", head " << dk << " x " << dv
+        << " is not on GPUs yet";
   }
 }
 

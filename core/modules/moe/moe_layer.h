@@ -68,6 +68,7 @@ class MoeLayer : public ChannelMixer {
     plan_ = DispatchPlan{};
     expert_out_ = shared_out_ = Tensor();
     shared_gate_value_.clear();
+    shared_gate_dev_ = Tensor();
   }
   // While on, forward is a recomputation of a forward already counted: it leaves step_load()
   // alone (activation recomputation replays each forward once before its backward).

@@ -64,6 +64,7 @@ class Router {
     score_.clear();
     lse_.clear();
     softmax_.clear();
+    score_dev_ = prob_dev_ = lse_dev_ = daux_dev_ = Tensor();  // bias_dev_ is a buffer, not saved
   }
 
   double aux_loss() const { return aux_loss_; }
