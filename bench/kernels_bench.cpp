@@ -3,7 +3,7 @@
 // with --json PATH, writes the same rows as JSON. Ceilings to compare with are in GPU.md:
 // cuBLAS bf16 GEMM 8192^3 1.603 ms (686 TFLOP/s), device copy about 4.26 TB/s.
 //
-//   kernels_bench [--json out.json] [--quick]
+//   kernels_bench [--json out.json] [--quick] [--only gemm|norm|loss|optim|decay]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +22,8 @@
 #include "kernels/cuda/ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/gated_linear_attention.h"
+#include "kernels/gates.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -182,14 +184,53 @@ void optim_benches() {
       "device copy 2 GiB", "2^29 f32", 2.0 * big.nbytes(), false, [&] { dst.copy_from(big); }, 20);
 }
 
+// The decay scans at the zoo's shape B = 8, T = 4096, H = 8, D = 128 (bf16 q, k, v, dO, f32
+// gates <= 0): the scalar-decay chunk scan (Lightning, simple GLA) and the vector-decay scan (GLA,
+// HGRN2), forward and backward (with dgk). The FLOP counts are the useful products only: forward
+// per chunk of C tokens 2 C Dk Dv (state) + 2 C Dk Dv (inter-chunk output) + C^2 (Dk + Dv)
+// (causal scores and their product); backward 2.5 times that.
+void decay_scan_benches() {
+  const int64_t B = 8, T = 4096, H = 8, D = 128, C = 64;
+  const linea::Shape qs{B, T, H, D};
+  const std::string s = "[8, 4096, 8, 128] bf16";
+  Tensor q = randn(qs, DType::kBF16, 21), k = randn(qs, DType::kBF16, 22);
+  Tensor v = randn(qs, DType::kBF16, 23), d_o = randn(qs, DType::kBF16, 24);
+  Tensor o = Tensor::empty(qs, DType::kBF16, kGpu), none;
+  Tensor dq = Tensor::empty(qs, DType::kBF16, kGpu), dk = dq.clone(), dv = dq.clone();
+  const double fwd = double(B) * H * (T / C) * (4.0 * C * D * D + double(C) * C * 2 * D);
+  for (bool vector : {false, true}) {
+    const linea::Shape gs = vector ? qs : linea::Shape{B, T, H};
+    Tensor z = randn(gs, DType::kF32, 25), gk = Tensor::empty(gs, DType::kF32, kGpu);
+    linea::kernels::log_sigmoid_decay_forward(z, 16.0, gk);
+    Tensor dgk = Tensor::empty(gs, DType::kF32, kGpu);
+    const std::string n = vector ? "gla vector decay" : "gla scalar decay";
+    bench(
+        n + " fwd", s, fwd, true,
+        [&] {
+          linea::kernels::gated_linear_attention_chunked_forward(q, k, v, gk, none, 0.088, C, none,
+                                                                 o, none);
+        },
+        20);
+    bench(
+        n + " bwd", s, 2.5 * fwd, true,
+        [&] {
+          linea::kernels::gated_linear_attention_chunked_backward(
+              q, k, v, gk, none, 0.088, C, none, d_o, none, dq, dk, dv, dgk, none, none);
+        },
+        20);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
+  std::string json_path, only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     if (!std::strcmp(argv[i], "--quick")) g_quick = true;
+    if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
   }
+  const auto run = [&](const char* group) { return only.empty() || only == group; };
   if (linea::cuda::device_count() == 0) {
     std::fprintf(stderr, "kernels_bench: no CUDA device: %s\n",
                  linea::cuda::unavailable_reason().c_str());
@@ -201,10 +242,11 @@ int main(int argc, char** argv) {
               prop.l2CacheSize / 1048576.0);
   std::printf("%-28s %-26s %9s %9s %9s\n", "op", "shape", "median ms", "min ms", "rate");
   try {
-    gemm_benches();
-    norm_act_benches();
-    loss_embed_benches();
-    optim_benches();
+    if (run("gemm")) gemm_benches();
+    if (run("norm")) norm_act_benches();
+    if (run("loss")) loss_embed_benches();
+    if (run("optim")) optim_benches();
+    if (run("decay")) decay_scan_benches();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", e.what());
     return 1;
