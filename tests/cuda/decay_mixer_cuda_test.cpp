@@ -301,7 +301,9 @@ MixerPair make_pair(const MixerCase& c) {
   for (size_t i = 0; i < p.pg.size(); ++i) {
     Parameter& g = *p.pg[i];
     // A random gate bias, so that a wrong bias path shows (the init is zero).
-    if (g.name.find("gk_proj.bias") != std::string::npos)
+    const std::string bias = ".bias";
+    if (g.name.size() > bias.size() &&
+        g.name.compare(g.name.size() - bias.size(), bias.size(), bias) == 0)
       g.value = random_tensor(g.value.shape(), 77, DType::kF64, 1.0).to(DType::kF32);
     g.value = g.value.to(Device::cuda(0));
     g.grad = g.grad.to(Device::cuda(0));
