@@ -5,7 +5,7 @@
 // (flash) at B8 T4096 H8 D128 bf16 0.512 ms forward, 2.164 ms forward + backward.
 //
 //   kernels_bench [--json out.json] [--quick] [--only GROUP]   (GROUP: gemm, norm, loss, optim,
-//   attention, moe)
+//   attention, decay, moe)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +26,8 @@
 #include "kernels/cuda/ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/gated_linear_attention.h"
+#include "kernels/gates.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -222,6 +224,43 @@ void attention_benches() {
   }
 }
 
+// The decay scans at the zoo's shape B = 8, T = 4096, H = 8, D = 128 (bf16 q, k, v, dO, f32
+// gates <= 0): the scalar-decay chunk scan (Lightning, simple GLA) and the vector-decay scan (GLA,
+// HGRN2), forward and backward (with dgk). The FLOP counts are the useful products only: forward
+// per chunk of C tokens 2 C Dk Dv (state) + 2 C Dk Dv (inter-chunk output) + C^2 (Dk + Dv)
+// (causal scores and their product); backward 2.5 times that.
+void decay_scan_benches() {
+  const int64_t B = 8, T = 4096, H = 8, D = 128, C = 64;
+  const linea::Shape qs{B, T, H, D};
+  const std::string s = "[8, 4096, 8, 128] bf16";
+  Tensor q = randn(qs, DType::kBF16, 21), k = randn(qs, DType::kBF16, 22);
+  Tensor v = randn(qs, DType::kBF16, 23), d_o = randn(qs, DType::kBF16, 24);
+  Tensor o = Tensor::empty(qs, DType::kBF16, kGpu), none;
+  Tensor dq = Tensor::empty(qs, DType::kBF16, kGpu), dk = dq.clone(), dv = dq.clone();
+  const double fwd = double(B) * H * (T / C) * (4.0 * C * D * D + double(C) * C * 2 * D);
+  for (bool vector : {false, true}) {
+    const linea::Shape gs = vector ? qs : linea::Shape{B, T, H};
+    Tensor z = randn(gs, DType::kF32, 25), gk = Tensor::empty(gs, DType::kF32, kGpu);
+    linea::kernels::log_sigmoid_decay_forward(z, 16.0, gk);
+    Tensor dgk = Tensor::empty(gs, DType::kF32, kGpu);
+    const std::string n = vector ? "gla vector decay" : "gla scalar decay";
+    bench(
+        n + " fwd", s, fwd, true,
+        [&] {
+          linea::kernels::gated_linear_attention_chunked_forward(q, k, v, gk, none, 0.088, C, none,
+                                                                 o, none);
+        },
+        20);
+    bench(
+        n + " bwd", s, 2.5 * fwd, true,
+        [&] {
+          linea::kernels::gated_linear_attention_chunked_backward(
+              q, k, v, gk, none, 0.088, C, none, d_o, none, dq, dk, dv, dgk, none, none);
+        },
+        20);
+  }
+}
+
 }  // namespace
 
 // The whole MoE layer (router, plan with its one read-back, permutation, one cuBLAS SwiGLU per
@@ -288,6 +327,7 @@ int main(int argc, char** argv) {
     group("loss", loss_embed_benches);
     group("optim", optim_benches);
     group("attention", attention_benches);
+    group("decay", decay_scan_benches);
     group("moe", moe_benches);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", e.what());

@@ -71,4 +71,13 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
 void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv,
                                               Tensor& log_decay_k, Tensor& log_decay_v);
 
+// The segment transition applied to a state S [B, H, Dk, Dv] (being diagonal, it is also its own
+// transpose, the map of a gradient dS_out to dS_in):
+//   out = diag(exp(log_decay_k)) S diag(exp(log_decay_v)),
+// log_decay_k [B, H, Dk], [B, H] (one scalar a head) or undefined (no decay on that side),
+// log_decay_v [B, H, Dv] or undefined; out (`=`) shaped like S, may be S itself. CPU: one dtype
+// (f32 or f64), the exponent in f64; CUDA: f32.
+void gated_linear_attention_apply_transition(const Tensor& log_decay_k, const Tensor& log_decay_v,
+                                             const Tensor& s, Tensor& out);
+
 }  // namespace linea::kernels

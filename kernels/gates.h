@@ -1,5 +1,6 @@
-// The element-wise gates of the token mixers, forward and backward side by side, over f32 or f64
-// tensors (one dtype a call, CPU); every formula is evaluated in f64 and rounded once.
+// The element-wise gates of the token mixers, forward and backward side by side, one dtype a call:
+// CPU f32 or f64, every formula evaluated in f64 and rounded once; CUDA (kernels/cuda/gates.cu)
+// f32 or bf16 evaluated in f32 on the current stream, with dA_log and d_dt_bias f32.
 //
 // Activations and output gates (decay mixers, Mamba2, GSA, MoM):
 //   act(x):            identity, silu(x) = x sigmoid(x), sigmoid(x)

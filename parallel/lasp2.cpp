@@ -27,10 +27,17 @@ std::vector<Tensor> gather_parts(const std::vector<Transition>* transitions,
   return parts;
 }
 
-Tensor pack(const std::vector<Tensor>& parts, DType dt) {
+// One flat buffer of every part, in the dtype and on the device of the first (the states, their
+// transitions and gradients share both: the input's dtype on the CPU, f32 on CUDA).
+Tensor pack(const std::vector<Tensor>& parts) {
   int64_t n = 0;
-  for (const Tensor& p : parts) n += p.numel();
-  Tensor flat = Tensor::empty({n}, dt);
+  for (const Tensor& p : parts) {
+    LINEA_CHECK(p.dtype() == parts[0].dtype() && p.device() == parts[0].device())
+        << "lasp2: gathered parts of " << dtype_name(p.dtype()) << " on " << p.device().str()
+        << " and " << dtype_name(parts[0].dtype()) << " on " << parts[0].device().str();
+    n += p.numel();
+  }
+  Tensor flat = Tensor::empty({n}, parts[0].dtype(), parts[0].device());
   int64_t off = 0;
   for (const Tensor& p : parts) {
     flat.slice(off, off + p.numel()).copy_from(p.view({-1}));
@@ -44,7 +51,7 @@ std::vector<Tensor> unpack(const Tensor& block, const std::vector<Tensor>& templ
   std::vector<Tensor> out;
   int64_t off = 0;
   for (const Tensor& t : templates) {
-    Tensor p = Tensor::empty(t.shape(), t.dtype());
+    Tensor p = Tensor::empty(t.shape(), t.dtype(), t.device());
     p.view({-1}).copy_from(block.slice(off, off + t.numel()));
     off += t.numel();
     out.push_back(p);
@@ -102,7 +109,7 @@ Tensor Lasp2Mixer::exchange_halo(const Tensor& x) {
   Tensor halo;
   // A chain from rank 0 upwards: never two ranks waiting on each other.
   if (r > 0) {
-    halo = Tensor::empty({x.dim(0), h, x.dim(2)}, x.dtype());
+    halo = Tensor::empty({x.dim(0), h, x.dim(2)}, x.dtype(), x.device());
     sp_.recv(halo, r - 1, kHaloTag);
   }
   if (r < W - 1) sp_.send(kernels::slice_time(x, x.dim(1) - h, x.dim(1)), r + 1, kHaloTag);
@@ -115,7 +122,7 @@ void Lasp2Mixer::return_halo_grad(const Tensor& d_halo, Tensor& dx) {
   const int r = sp_.rank(), W = sp_.size();
   // The dual chain, from the last rank downwards.
   if (r < W - 1) {
-    Tensor d = Tensor::empty({dx.dim(0), h, dx.dim(2)}, dx.dtype());
+    Tensor d = Tensor::empty({dx.dim(0), h, dx.dim(2)}, dx.dtype(), dx.device());
     sp_.recv(d, r + 1, kHaloGradTag);
     dx = add_to_tail(dx, d);
   }
@@ -131,10 +138,10 @@ Tensor Lasp2Mixer::forward_segment(const Tensor& x, const SegmentIn& in, Segment
   SegmentOut local;
   Tensor y = inner_->forward_segment(x, segment_in({}), &local);
 
-  const Tensor flat = pack(gather_parts(&local.transitions, local.final_states), x.dtype());
+  const Tensor flat = pack(gather_parts(&local.transitions, local.final_states));
   const int64_t n = flat.numel();
   payload_elements_ = n;
-  Tensor all = Tensor::empty({W * n}, x.dtype());
+  Tensor all = Tensor::empty({W * n}, flat.dtype(), flat.device());
   sp_.all_gather(flat, all);
   const std::vector<Tensor> templates = gather_parts(&local.transitions, local.final_states);
   all_transitions_.assign(W, {});
@@ -154,7 +161,7 @@ Tensor Lasp2Mixer::forward_segment(const Tensor& x, const SegmentIn& in, Segment
     y = inner_->forward_segment(x, segment_in(s_in_), nullptr);
   }
   spdlog::debug("lasp2 {}: gathered {} elements per rank ({} bytes), halo {} rows", name_, n,
-                n * static_cast<int64_t>(dtype_size(x.dtype())), inner_->halo_size());
+                n * static_cast<int64_t>(dtype_size(flat.dtype())), inner_->halo_size());
   return y;
 }
 
@@ -167,9 +174,9 @@ Tensor Lasp2Mixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
   Tensor dx = inner_->backward_segment(dy, SegmentGradIn{}, &g1);
   Tensor d_halo = g1.d_halo;
 
-  const Tensor flat = pack(gather_parts(nullptr, g1.d_states), dy.dtype());
+  const Tensor flat = pack(gather_parts(nullptr, g1.d_states));
   const int64_t n = flat.numel();
-  Tensor all = Tensor::empty({W * n}, dy.dtype());
+  Tensor all = Tensor::empty({W * n}, flat.dtype(), flat.device());
   sp_.all_gather(flat, all);
 
   if (r < W - 1) {
@@ -187,8 +194,8 @@ Tensor Lasp2Mixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
     SegmentGradIn gin;
     gin.d_final_states = ds;
     SegmentGradOut g2;
-    kernels::add_inplace(dx,
-                         inner_->backward_segment(Tensor::zeros(dy.shape(), dy.dtype()), gin, &g2));
+    kernels::add_inplace(
+        dx, inner_->backward_segment(Tensor::zeros(dy.shape(), dy.dtype(), dy.device()), gin, &g2));
     if (d_halo.defined()) kernels::add_inplace(d_halo, g2.d_halo);
   }
   return_halo_grad(d_halo, dx);

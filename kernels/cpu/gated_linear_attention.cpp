@@ -546,9 +546,42 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
 
 void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv,
                                               Tensor& log_decay_k, Tensor& log_decay_v) {
+  LINEA_ON_CUDA(gk.defined() ? gk : gv,
+                gated_linear_attention_segment_log_decay(gk, gv, log_decay_k, log_decay_v));
   const char* op = "gated_linear_attention_segment_log_decay";
   segment_log_decay(gk, log_decay_k, op, "gk", "log_decay_k");
   segment_log_decay(gv, log_decay_v, op, "gv", "log_decay_v");
+}
+
+void gated_linear_attention_apply_transition(const Tensor& log_decay_k, const Tensor& log_decay_v,
+                                             const Tensor& s, Tensor& out) {
+  LINEA_ON_CUDA(s, gated_linear_attention_apply_transition(log_decay_k, log_decay_v, s, out));
+  const char* op = "gated_linear_attention_apply_transition";
+  cpu::check_float(s, op, "s");
+  LINEA_CHECK(s.ndim() == 4) << op << ": s " << shape_str(s.shape()) << " must be [B, H, Dk, Dv]";
+  const int64_t B = s.dim(0), H = s.dim(1), Dk = s.dim(2), Dv = s.dim(3);
+  const bool scalar_k = log_decay_k.defined() && log_decay_k.ndim() == 2;
+  if (log_decay_k.defined())
+    check_operand(log_decay_k, scalar_k ? Shape{B, H} : Shape{B, H, Dk}, s.dtype(), op,
+                  "log_decay_k");
+  if (log_decay_v.defined()) check_operand(log_decay_v, {B, H, Dv}, s.dtype(), op, "log_decay_v");
+  check_operand(out, s.shape(), s.dtype(), op, "out");
+  cpu::dispatch_float(s.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    const T* ak = log_decay_k.defined() ? log_decay_k.data<T>() : nullptr;
+    const T* av = log_decay_v.defined() ? log_decay_v.data<T>() : nullptr;
+    const T* src = s.data<T>();
+    T* dst = out.data<T>();
+    for (int64_t bh = 0; bh < B * H; ++bh)
+      for (int64_t i = 0; i < Dk; ++i) {
+        const double fk = ak ? double(ak[scalar_k ? bh : bh * Dk + i]) : 0.0;
+        for (int64_t j = 0; j < Dv; ++j) {
+          const int64_t idx = (bh * Dk + i) * Dv + j;
+          const double f = fk + (av ? double(av[bh * Dv + j]) : 0.0);
+          dst[idx] = static_cast<T>(double(src[idx]) * std::exp(f));
+        }
+      }
+  });
 }
 
 }  // namespace linea::kernels

@@ -95,21 +95,25 @@ void check_head_params(const Tensor& a, const Tensor& p, const char* op, const c
 }  // namespace
 
 void activation_forward(Activation a, const Tensor& x, Tensor& y) {
+  LINEA_ON_CUDA(x, activation_forward(a, x, y));
   map1(x, y, "activation_forward", "x", "y", [a](double v) { return act(a, v); });
 }
 
 void activation_backward(Activation a, const Tensor& x, const Tensor& dy, Tensor& dx) {
+  LINEA_ON_CUDA(x, activation_backward(a, x, dy, dx));
   map2(x, dy, dx, "activation_backward", "x", "dy", "dx",
        [a](double v, double d) { return d * act_grad(a, v); });
 }
 
 void output_gate_forward(Activation a, const Tensor& g, const Tensor& n, Tensor& y) {
+  LINEA_ON_CUDA(g, output_gate_forward(a, g, n, y));
   map2(g, n, y, "output_gate_forward", "g", "n", "y",
        [a](double gv, double nv) { return nv * act(a, gv); });
 }
 
 void output_gate_backward(Activation a, const Tensor& g, const Tensor& n, const Tensor& dy,
                           Tensor& dg, Tensor& dn) {
+  LINEA_ON_CUDA(g, output_gate_backward(a, g, n, dy, dg, dn));
   const char* op = "output_gate_backward";
   check_float(g, op, "g");
   check_same_shape(n, g, op, "n", "g");
@@ -129,17 +133,20 @@ void output_gate_backward(Activation a, const Tensor& g, const Tensor& n, const 
 }
 
 void log_sigmoid_decay_forward(const Tensor& z, double normalizer, Tensor& gk) {
+  LINEA_ON_CUDA(z, log_sigmoid_decay_forward(z, normalizer, gk));
   const double c = normalizer;
   map1(z, gk, "log_sigmoid_decay_forward", "z", "gk", [c](double v) { return log_sigmoid(v) / c; });
 }
 
 void log_sigmoid_decay_backward(const Tensor& z, const Tensor& dgk, double normalizer, Tensor& dz) {
+  LINEA_ON_CUDA(z, log_sigmoid_decay_backward(z, dgk, normalizer, dz));
   const double c = normalizer;
   map2(z, dgk, dz, "log_sigmoid_decay_backward", "z", "dgk", "dz",
        [c](double v, double d) { return d * sigmoid(-v) / c; });
 }
 
 void forget_gate_forward(const Tensor& z, double lower_bound, Tensor& gk, Tensor& k) {
+  LINEA_ON_CUDA(z, forget_gate_forward(z, lower_bound, gk, k));
   const double lb = lower_bound;
   // Without a bound log f = logsigmoid(z) exactly (no log of an underflowed sigmoid); with one,
   // f >= lb > 0 keeps the log finite.
@@ -151,6 +158,7 @@ void forget_gate_forward(const Tensor& z, double lower_bound, Tensor& gk, Tensor
 
 void forget_gate_backward(const Tensor& z, double lower_bound, const Tensor& dgk, const Tensor& dk,
                           Tensor& dz) {
+  LINEA_ON_CUDA(z, forget_gate_backward(z, lower_bound, dgk, dk, dz));
   const char* op = "forget_gate_backward";
   check_float(z, op, "z");
   check_same_shape(dgk, z, op, "dgk", "z");
@@ -172,15 +180,18 @@ void forget_gate_backward(const Tensor& z, double lower_bound, const Tensor& dgk
 }
 
 void softplus_forward(const Tensor& z, Tensor& y) {
+  LINEA_ON_CUDA(z, softplus_forward(z, y));
   map1(z, y, "softplus_forward", "z", "y", [](double v) { return softplus(v); });
 }
 
 void softplus_backward(const Tensor& z, const Tensor& dy, Tensor& dz) {
+  LINEA_ON_CUDA(z, softplus_backward(z, dy, dz));
   map2(z, dy, dz, "softplus_backward", "z", "dy", "dz",
        [](double v, double d) { return d * sigmoid(v); });
 }
 
 void delta_beta_forward(const Tensor& b, double scale, Tensor& beta) {
+  LINEA_ON_CUDA(b, delta_beta_forward(b, scale, beta));
   const char* op = "delta_beta_forward";
   check_float(b, op, "b");
   check_same_shape(beta, b, op, "beta", "b");
@@ -193,6 +204,7 @@ void delta_beta_forward(const Tensor& b, double scale, Tensor& beta) {
 }
 
 void delta_beta_backward(const Tensor& b, double scale, const Tensor& dbeta, Tensor& db) {
+  LINEA_ON_CUDA(b, delta_beta_backward(b, scale, dbeta, db));
   const char* op = "delta_beta_backward";
   check_float(b, op, "b");
   check_same_shape(dbeta, b, op, "dbeta", "b");
@@ -210,6 +222,7 @@ void delta_beta_backward(const Tensor& b, double scale, const Tensor& dbeta, Ten
 
 void delta_log_decay_forward(const Tensor& a, const Tensor& A_log, const Tensor& dt_bias,
                              Tensor& g) {
+  LINEA_ON_CUDA(a, delta_log_decay_forward(a, A_log, dt_bias, g));
   const char* op = "delta_log_decay_forward";
   check_float(a, op, "a");
   check_head_params(a, A_log, op, "A_log");
@@ -230,6 +243,7 @@ void delta_log_decay_forward(const Tensor& a, const Tensor& A_log, const Tensor&
 
 void delta_log_decay_backward(const Tensor& a, const Tensor& A_log, const Tensor& dt_bias,
                               const Tensor& dg, Tensor& da, Tensor& dA_log, Tensor& d_dt_bias) {
+  LINEA_ON_CUDA(a, delta_log_decay_backward(a, A_log, dt_bias, dg, da, dA_log, d_dt_bias));
   const char* op = "delta_log_decay_backward";
   check_float(a, op, "a");
   check_head_params(a, A_log, op, "A_log");

@@ -5,13 +5,18 @@
 // dS_in) with the decay shifted by one token, and dgk from chunk_scan_decay_grad, which needs the
 // forward's final state when a gradient reaches it (recomputed by a state-only scan). What differs
 // from the CPU contract:
-//  - vector gates (gk [B, T, H, Dk]: GLA, HGRN2) and gv (GSA) are not on CUDA yet: an error says
-//  so;
+//  - a vector gate (gk [B, T, H, Dk]: GLA, HGRN2) runs the vector-decay scan instead
+//    (kernels/cuda/vector_decay_scan.h: f32 arithmetic, q, k, v of one dtype); gv (GSA) is not on
+//    CUDA yet: an error says so;
 //  - q, k, v, dO enter the tensor cores in bf16; the gates, states and dgk are f32;
 //  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128}, Dv a multiple of 64.
+#include <algorithm>
+
 #include "kernels/cuda/chunk_scan.h"
+#include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/vector_decay_scan.h"
 
 namespace linea::kernels::cuda {
 namespace {
@@ -37,10 +42,11 @@ Dims check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
                              << "(Gated Slot Attention runs on the CPU)";
   if (gk.defined()) {
     check_cuda(gk, op, "gk");
-    const Shape scalar{d.B, d.T, d.H};
-    LINEA_CHECK(gk.dtype() == DType::kF32 && gk.shape() == scalar)
-        << op << ": gk " << describe(gk) << " must be f32 [B, T, H] on CUDA (a vector gate "
-        << "[B, T, H, Dk], GLA or HGRN2, is not supported on CUDA yet)";
+    check_same_device(gk, q, op, "gk", "q");
+    const Shape scalar{d.B, d.T, d.H}, vector{d.B, d.T, d.H, d.Dk};
+    LINEA_CHECK(gk.dtype() == DType::kF32 && (gk.shape() == scalar || gk.shape() == vector))
+        << op << ": gk " << describe(gk) << " must be f32 [B, T, H] (scalar decay) or f32 "
+        << "[B, T, H, Dk] (vector decay) on CUDA";
   }
   if (initial_state.defined()) {
     check_cuda(initial_state, op, "initial_state");
@@ -86,7 +92,81 @@ void run_scan(ChunkScanArgs a, Device device) {
   chunk_scan(a, dev.stream);
 }
 
+// out[b, h, i, j] = s[b, h, i, j] exp(ak[b, h, (i)] + av[b, h, j]); in place allowed.
+__global__ void apply_transition_kernel(const float* ak, bool scalar_k, const float* av,
+                                        const float* s, int64_t n, int Dk, int Dv, float* out) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += stride) {
+    const int j = static_cast<int>(idx % Dv);
+    const int64_t bhi = idx / Dv, bh = bhi / Dk;
+    const float f = (ak ? ak[scalar_k ? bh : bhi] : 0.0f) + (av ? av[bh * Dv + j] : 0.0f);
+    out[idx] = s[idx] * expf(f);
+  }
+}
+
+// log_decay = sum over time of g ([B, T, H(, D)] -> [B, H(, D)]), written when defined.
+void segment_log_decay(const Tensor& g, Tensor& log_decay, const char* op, const char* gate,
+                       const char* name) {
+  if (!log_decay.defined()) return;
+  LINEA_CHECK(g.defined()) << op << ": " << name << " given but " << gate
+                           << " is undefined (that side does not decay)";
+  check_dtype(g, DType::kF32, op, gate);
+  LINEA_CHECK(g.ndim() == 3 || g.ndim() == 4)
+      << op << ": " << gate << " " << describe(g) << " must be [B, T, H] or [B, T, H, D]";
+  Shape want{g.dim(0), g.dim(2)};
+  if (g.ndim() == 4) want.push_back(g.dim(3));
+  check_dtype(log_decay, DType::kF32, op, name);
+  check_same_device(log_decay, g, op, name, gate);
+  LINEA_CHECK(log_decay.shape() == want)
+      << op << ": " << name << " " << describe(log_decay) << " must be " << shape_str(want);
+  OnDevice dev(g);
+  const int64_t width = g.numel() / std::max<int64_t>(1, g.dim(0) * g.dim(1));
+  column_sums<float>(g.data<float>(), static_cast<int>(g.dim(0)), g.dim(1), static_cast<int>(width),
+                     log_decay.data<float>(), false, dev);
+}
+
 }  // namespace
+
+void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv,
+                                              Tensor& log_decay_k, Tensor& log_decay_v) {
+  const char* op = "gated_linear_attention_segment_log_decay (CUDA)";
+  segment_log_decay(gk, log_decay_k, op, "gk", "log_decay_k");
+  segment_log_decay(gv, log_decay_v, op, "gv", "log_decay_v");
+}
+
+void gated_linear_attention_apply_transition(const Tensor& log_decay_k, const Tensor& log_decay_v,
+                                             const Tensor& s, Tensor& out) {
+  const char* op = "gated_linear_attention_apply_transition (CUDA)";
+  check_dtype(s, DType::kF32, op, "s");
+  LINEA_CHECK(s.ndim() == 4) << op << ": s " << describe(s) << " must be f32 [B, H, Dk, Dv]";
+  const int64_t B = s.dim(0), H = s.dim(1), Dk = s.dim(2), Dv = s.dim(3);
+  const bool scalar_k = log_decay_k.defined() && log_decay_k.ndim() == 2;
+  if (log_decay_k.defined()) {
+    check_dtype(log_decay_k, DType::kF32, op, "log_decay_k");
+    check_same_device(log_decay_k, s, op, "log_decay_k", "s");
+    const Shape want = scalar_k ? Shape{B, H} : Shape{B, H, Dk};
+    LINEA_CHECK(log_decay_k.shape() == want)
+        << op << ": log_decay_k " << describe(log_decay_k) << " must be " << shape_str(want);
+  }
+  if (log_decay_v.defined()) {
+    check_dtype(log_decay_v, DType::kF32, op, "log_decay_v");
+    check_same_device(log_decay_v, s, op, "log_decay_v", "s");
+    LINEA_CHECK(log_decay_v.shape() == (Shape{B, H, Dv}))
+        << op << ": log_decay_v " << describe(log_decay_v) << " must be [B, H, Dv]";
+  }
+  check_dtype(out, DType::kF32, op, "out");
+  check_same_device(out, s, op, "out", "s");
+  LINEA_CHECK(out.shape() == s.shape())
+      << op << ": out " << describe(out) << " must be " << shape_str(s.shape());
+  const int64_t n = s.numel();
+  if (n == 0) return;
+  OnDevice dev(s);
+  apply_transition_kernel<<<grid_for(n, 256, dev.index), 256, 0, dev.stream>>>(
+      log_decay_k.defined() ? log_decay_k.data<float>() : nullptr, scalar_k,
+      log_decay_v.defined() ? log_decay_v.data<float>() : nullptr, s.data<float>(), n,
+      static_cast<int>(Dk), static_cast<int>(Dv), out.data<float>());
+  CUDA_CHECK_LAUNCH();
+}
 
 void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                             const Tensor& gk, const Tensor& gv, double scale,
@@ -97,6 +177,14 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
   LINEA_CHECK(chunk > 0) << op << ": chunk = " << chunk << " must be positive";
   check_out(o, v.shape(), op, "o");
   check_state_out(final_state, d, op, "final_state");
+  if (gk.defined() && gk.ndim() == 4) {
+    LINEA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype() && o.dtype() == q.dtype())
+        << op << ": the vector-decay scan takes q, k, v, o of one dtype; got q " << describe(q)
+        << ", k " << describe(k) << ", v " << describe(v) << ", o " << describe(o);
+    vector_decay_scan_forward(q, k, v, gk, static_cast<float>(scale), initial_state, o,
+                              final_state);
+    return;
+  }
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v);
   ChunkScanArgs a = scan_args(d, d.Dk, d.Dv, qb, kb, vb, &o, gk);
   a.out_scale = static_cast<float>(scale);
@@ -126,6 +214,16 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     check_cuda(dgk, op, "dgk");
     LINEA_CHECK(dgk.dtype() == DType::kF32 && dgk.shape() == gk.shape())
         << op << ": dgk " << describe(dgk) << " must be f32 " << shape_str(gk.shape());
+  }
+  if (gk.defined() && gk.ndim() == 4) {
+    const Tensor* same_dtype[] = {&k, &v, &d_o, &dq, &dk, &dv};
+    for (const Tensor* t : same_dtype)
+      LINEA_CHECK(t->dtype() == q.dtype())
+          << op << ": the vector-decay scan takes q, k, v, dO and their gradients of one dtype; "
+          << "got q " << describe(q) << " and " << describe(*t);
+    vector_decay_scan_backward(q, k, v, gk, static_cast<float>(scale), initial_state, d_o,
+                               d_final_state, dq, dk, dv, dgk, d_initial_state);
+    return;
   }
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v), dob = as_bf16(d_o);
   const float s = static_cast<float>(scale);

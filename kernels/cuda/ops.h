@@ -15,6 +15,7 @@
 #include "core/tensor/tensor.h"
 #include "kernels/adamw.h"
 #include "kernels/feature_map.h"
+#include "kernels/gates.h"
 #include "kernels/rope.h"
 #include "kernels/softmax_attention.h"
 
@@ -42,6 +43,34 @@ void l2norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tens
 // kernels/feature_map.h
 void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y);
 void feature_map_backward(FeatureMap f, const Tensor& x, const Tensor& dy, Tensor& dx);
+
+// kernels/gates.h (kernels/cuda/gates.cu): element-wise in f32, one dtype a call (f32 or bf16);
+// delta_log_decay_backward's dA_log and d_dt_bias are f32 row sums (f64, fixed order).
+void activation_forward(Activation a, const Tensor& x, Tensor& y);
+void activation_backward(Activation a, const Tensor& x, const Tensor& dy, Tensor& dx);
+void output_gate_forward(Activation a, const Tensor& g, const Tensor& n, Tensor& y);
+void output_gate_backward(Activation a, const Tensor& g, const Tensor& n, const Tensor& dy,
+                          Tensor& dg, Tensor& dn);
+void log_sigmoid_decay_forward(const Tensor& z, double normalizer, Tensor& gk);
+void log_sigmoid_decay_backward(const Tensor& z, const Tensor& dgk, double normalizer, Tensor& dz);
+void forget_gate_forward(const Tensor& z, double lower_bound, Tensor& gk, Tensor& k);
+void forget_gate_backward(const Tensor& z, double lower_bound, const Tensor& dgk, const Tensor& dk,
+                          Tensor& dz);
+void softplus_forward(const Tensor& z, Tensor& y);
+void softplus_backward(const Tensor& z, const Tensor& dy, Tensor& dz);
+void delta_beta_forward(const Tensor& b, double scale, Tensor& beta);
+void delta_beta_backward(const Tensor& b, double scale, const Tensor& dbeta, Tensor& db);
+void delta_log_decay_forward(const Tensor& a, const Tensor& A_log, const Tensor& dt_bias,
+                             Tensor& g);
+void delta_log_decay_backward(const Tensor& a, const Tensor& A_log, const Tensor& dt_bias,
+                              const Tensor& dg, Tensor& da, Tensor& dA_log, Tensor& d_dt_bias);
+
+// kernels/columns.h (kernels/cuda/columns.cu): add_bias takes b in y's dtype or f32;
+// bias_backward's db is f32, its row sums f64 in a fixed order.
+void add_bias(Tensor& y, const Tensor& b);
+void bias_backward(const Tensor& dy, Tensor& db);
+void gather_columns(const Tensor& t, int64_t row0, int64_t c0, Tensor& out);
+void scatter_add_columns(Tensor& dst, int64_t row0, int64_t c0, const Tensor& src);
 
 // kernels/swiglu.h
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
@@ -76,7 +105,8 @@ void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const T
                                        Tensor& dk, Tensor& dv, Tensor& d_initial_state);
 
 // kernels/gated_linear_attention.h for a scalar gk [B, T, H] and no gv (Lightning, RetNet, Mamba2,
-// simple GLA): the decayed chunk scan; gates, states and dgk f32. Vector gates are refused.
+// simple GLA): the decayed chunk scan; for a vector gk [B, T, H, Dk] (GLA, HGRN2): the vector-decay
+// scan (kernels/cuda/vector_decay_scan.h, f32 arithmetic); gates, states and dgk f32; gv refused.
 void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                             const Tensor& gk, const Tensor& gv, double scale,
                                             int64_t chunk, const Tensor& initial_state, Tensor& o,
@@ -127,6 +157,13 @@ void moe_route_backward(const Tensor& dweight, const Tensor& expert, const Tenso
                         const Tensor& score, const Tensor& prob, const Tensor& lse,
                         const Tensor& daux, int64_t top_k, double aux_scale, double dz_coeff,
                         bool sigmoid, bool normalise, double routed_scaling, Tensor& dlogits);
+
+// The segment log decay (a sum over time, f64 partials in a fixed order) and the diagonal
+// transition applied to a state, all f32.
+void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv,
+                                              Tensor& log_decay_k, Tensor& log_decay_v);
+void gated_linear_attention_apply_transition(const Tensor& log_decay_k, const Tensor& log_decay_v,
+                                             const Tensor& s, Tensor& out);
 
 // kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);

@@ -144,13 +144,17 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
   Tensor v = project(v_proj_, v_conv_, xs).view({B, T, heads_, dv_});
 
   Tensor q = decay_ops::act_forward(qk_act_, q_pre_), k, gk;
+  // The gates in the dtype the scan reads: the activations' on the CPU, f32 on CUDA.
+  const Device dev = x.device();
+  const DType gate_dtype = state_dtype(q);
   switch (kind_) {
     case MC::LIGHTNING:
     case MC::RETNET: {
       k = decay_ops::act_forward(qk_act_, k_pre_);
-      gk = Tensor::empty({B, T, heads_}, x.dtype());
-      for (int64_t i = 0; i < B * T; ++i)
-        for (int64_t h = 0; h < heads_; ++h) gk.set_item(i * heads_ + h, log_lambda_[h]);
+      // log(lambda_h) broadcast over the tokens: a zero [B, T, H] plus the per-head row, made
+      // where the mixer runs (no host loop, no upload a step).
+      gk = Tensor::zeros({B, T, heads_}, gate_dtype, dev);
+      decay_ops::add_bias(gk, constant_log_decay_tensor(dev, gate_dtype));
       break;
     }
     case MC::SIMPLE_GLA:
@@ -159,15 +163,17 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
       gate_logits_ = gk_proj_->forward(x);
       if (gk_up_) gate_logits_ = gk_up_->forward(gate_logits_);
       decay_ops::add_bias(gate_logits_, gk_bias_->value);
-      gk = Tensor::empty(gate_logits_.shape(), x.dtype());
+      gk = Tensor::empty(gate_logits_.shape(), gate_logits_.dtype(), dev);
       kernels::log_sigmoid_decay_forward(gate_logits_, gate_normalizer_, gk);
+      if (gk.dtype() != gate_dtype) gk = gk.to(gate_dtype);
       gk = kind_ == MC::GLA ? gk.view({B, T, heads_, dk_}) : gk.view({B, T, heads_});
       break;
     }
     case MC::HGRN2:
-      gk = Tensor::empty(k_pre_.shape(), x.dtype());
-      k = Tensor::empty(k_pre_.shape(), x.dtype());
+      gk = Tensor::empty(k_pre_.shape(), k_pre_.dtype(), dev);
+      k = Tensor::empty(k_pre_.shape(), k_pre_.dtype(), dev);
       kernels::forget_gate_forward(k_pre_, lower_bound_, gk, k);
+      if (gk.dtype() != gate_dtype) gk = gk.to(gate_dtype);
       break;
     default:
       break;
@@ -187,7 +193,7 @@ Tensor DecayAttention::forward_segment(const Tensor& x, const SegmentIn& in, Seg
   if (g_proj_) {
     gate_in_ = g_proj_->forward(x);
     normed_ = o;
-    o = Tensor::empty(normed_.shape(), x.dtype());
+    o = Tensor::empty(normed_.shape(), x.dtype(), dev);
     kernels::output_gate_forward(out_gate_act_, gate_in_, normed_, o);
   }
   return o_proj_.forward(o);
@@ -198,9 +204,10 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   const int64_t B = dy.dim(0), T = dy.dim(1), halo = halo_size();
   Tensor d_o = o_proj_.backward(dy);
   Tensor dx;  // the gradient reaching x through the paths that bypass the halo (gates)
+  const Device dev = dy.device();
   if (g_proj_) {
-    Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype());
-    Tensor dn = Tensor::empty(normed_.shape(), dy.dtype());
+    Tensor dg = Tensor::empty(gate_in_.shape(), dy.dtype(), dev);
+    Tensor dn = Tensor::empty(normed_.shape(), dy.dtype(), dev);
     kernels::output_gate_backward(out_gate_act_, gate_in_, normed_, d_o, dg, dn);
     kernels::accumulate(dx, g_proj_->backward(dg));
     d_o = dn;
@@ -209,7 +216,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   d_o = d_o.view({B, T, heads_, dv_});
   if (o_norm_) d_o = o_norm_->backward(d_o);
   const Tensor ds_out = in.d_final_states.empty() ? Tensor() : in.d_final_states[0];
-  GlaCore::Grads g = core_.backward(d_o, ds_out, out != nullptr);
+  // The constant decays of Lightning and RetNet take no gradient.
+  const bool constant_decay = kind_ == MC::LIGHTNING || kind_ == MC::RETNET;
+  GlaCore::Grads g = core_.backward(d_o, ds_out, out != nullptr, !constant_decay);
   if (out) out->d_states = {g.ds_in};
 
   Tensor dq = decay_ops::act_backward(qk_act_, q_pre_, g.dq), dk;
@@ -221,8 +230,9 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
     case MC::SIMPLE_GLA:
     case MC::GLA: {
       dk = g.dk;
-      Tensor dz = Tensor::empty(gate_logits_.shape(), dy.dtype());
-      kernels::log_sigmoid_decay_backward(gate_logits_, g.dgk.view(gate_logits_.shape()),
+      Tensor dz = Tensor::empty(gate_logits_.shape(), gate_logits_.dtype(), dev);
+      const Tensor dgk = g.dgk.dtype() == dz.dtype() ? g.dgk : g.dgk.to(dz.dtype());
+      kernels::log_sigmoid_decay_backward(gate_logits_, dgk.view(gate_logits_.shape()),
                                           gate_normalizer_, dz);
       decay_ops::bias_backward(dz, gk_bias_->grad);
       if (gk_up_) dz = gk_up_->backward(dz);
@@ -231,8 +241,10 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
       break;
     }
     case MC::HGRN2:
-      dk = Tensor::empty(k_pre_.shape(), dy.dtype());
-      kernels::forget_gate_backward(k_pre_, lower_bound_, g.dgk, g.dk, dk);
+      dk = Tensor::empty(k_pre_.shape(), k_pre_.dtype(), dev);
+      kernels::forget_gate_backward(k_pre_, lower_bound_,
+                                    g.dgk.dtype() == dk.dtype() ? g.dgk : g.dgk.to(dk.dtype()),
+                                    g.dk, dk);
       break;
     default:
       break;
@@ -245,6 +257,14 @@ Tensor DecayAttention::backward_segment(const Tensor& dy, const SegmentGradIn& i
   dxs = split_halo(dxs, halo, out ? &out->d_halo : nullptr);
   if (dx.defined()) kernels::add_inplace(dxs, dx);
   return dxs;
+}
+
+const Tensor& DecayAttention::constant_log_decay_tensor(Device device, DType dtype) {
+  if (!log_lambda_tensor_.defined() || log_lambda_tensor_.device() != device ||
+      log_lambda_tensor_.dtype() != dtype) {
+    log_lambda_tensor_ = Tensor::from_vector({heads_}, log_lambda_, dtype).to(device);
+  }
+  return log_lambda_tensor_;
 }
 
 std::unique_ptr<TokenMixer> make_decay_mixer(const MixerContext& ctx, const MC& m) {

@@ -49,6 +49,8 @@ class DecayAttention final : public TokenMixer {
  private:
   Tensor project(Linear& proj, std::optional<ShortConv>& conv, const Tensor& xs);
   Tensor project_backward(Linear& proj, std::optional<ShortConv>& conv, const Tensor& d);
+  // log_lambda_ as an [H] tensor of `dtype` on `device`, made once per device and dtype.
+  const Tensor& constant_log_decay_tensor(Device device, DType dtype);
 
   config::MixerConfig::Kind kind_;
   int64_t heads_, dk_, dv_;
@@ -66,6 +68,7 @@ class DecayAttention final : public TokenMixer {
   std::optional<RMSNorm> o_norm_;
   GlaCore core_;
   std::vector<double> log_lambda_;
+  Tensor log_lambda_tensor_;
   // Saved by the forward for the backward.
   Tensor q_pre_, k_pre_, gate_logits_, gate_in_, normed_;
 };

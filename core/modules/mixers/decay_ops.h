@@ -1,7 +1,9 @@
 // The module-side pieces of the decay mixers (decay_mixers.h): activations into new tensors (the
 // element-wise math is kernels/gates.h), biases, and column blocks of fused projections (the short
-// convolution with its halo is short_conv.h). CPU loops on f32/f64 tensors (one dtype per call);
-// bias_backward accumulates (`+=`) into the bias gradient, its reductions over rows in f64.
+// convolution with its halo is short_conv.h). Device-agnostic: the kernels (kernels/gates.h,
+// kernels/columns.h) run where the tensors live, and new tensors are made there; one dtype a call
+// (CUDA: bias_backward's gradient is f32). bias_backward accumulates (`+=`) into the bias
+// gradient, its reductions over rows in f64.
 #pragma once
 
 #include <vector>

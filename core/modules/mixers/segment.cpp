@@ -1,34 +1,22 @@
 #include "core/modules/mixers/segment.h"
 
-#include <cmath>
-
+#include "kernels/elementwise.h"
+#include "kernels/gated_linear_attention.h"
 #include "kernels/matmul.h"
 
 namespace linea {
 namespace {
 
-// S[b,h,i,j] *= exp(ak[b,h,(i)]) * exp(av[b,h,j]); ak may be scalar per head.
+// diag(exp(ak)) S diag(exp(av)) on the state's device (kernels/gated_linear_attention.h).
 Tensor scale_diagonal(const Transition& t, const Tensor& s) {
-  Tensor out = s.clone();
-  const int64_t B = s.dim(0), H = s.dim(1), Dk = s.dim(2), Dv = s.dim(3);
-  const bool scalar_k = t.log_decay_k.defined() && t.log_decay_k.ndim() == 2;
-  for (int64_t bh = 0; bh < B * H; ++bh) {
-    for (int64_t i = 0; i < Dk; ++i) {
-      double fk = 0;
-      if (t.log_decay_k.defined()) fk = t.log_decay_k.item(scalar_k ? bh : bh * Dk + i);
-      for (int64_t j = 0; j < Dv; ++j) {
-        double f = fk + (t.log_decay_v.defined() ? t.log_decay_v.item(bh * Dv + j) : 0.0);
-        const int64_t idx = (bh * Dk + i) * Dv + j;
-        out.set_item(idx, out.item(idx) * std::exp(f));
-      }
-    }
-  }
+  Tensor out = Tensor::empty(s.shape(), s.dtype(), s.device());
+  kernels::gated_linear_attention_apply_transition(t.log_decay_k, t.log_decay_v, s, out);
   return out;
 }
 
 // out[bh] = op(M[bh]) @ s[bh] for every (b, h).
 Tensor dense_apply(const Tensor& m, const Tensor& s, bool transpose) {
-  Tensor out = Tensor::empty(s.shape(), s.dtype());
+  Tensor out = Tensor::empty(s.shape(), s.dtype(), s.device());
   const int64_t BH = s.dim(0) * s.dim(1), Dk = s.dim(2), Dv = s.dim(3);
   Tensor mv = m.view({BH, Dk, Dk}), sv = s.view({BH, Dk, Dv}), ov = out.view({BH, Dk, Dv});
   for (int64_t i = 0; i < BH; ++i) {
@@ -42,8 +30,8 @@ Tensor dense_apply(const Tensor& m, const Tensor& s, bool transpose) {
 Tensor add_optional(const Tensor& a, const Tensor& b) {
   if (!a.defined()) return b.defined() ? b.clone() : Tensor();
   if (!b.defined()) return a.clone();
-  Tensor out = a.clone();
-  for (int64_t i = 0; i < out.numel(); ++i) out.set_item(i, a.item(i) + b.item(i));
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  kernels::add(a, b, out);
   return out;
 }
 

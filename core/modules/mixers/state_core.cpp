@@ -12,9 +12,11 @@ int64_t effective_chunk(int64_t chunk, int64_t T) {
   return chunk;
 }
 
+DType state_dtype(const Tensor& q) { return q.device().is_cpu() ? q.dtype() : DType::kF32; }
+
 namespace {
 Tensor state_like(const Tensor& q, const Tensor& v) {
-  return Tensor::empty({q.dim(0), q.dim(2), q.dim(3), v.dim(3)}, q.dtype());
+  return Tensor::empty({q.dim(0), q.dim(2), q.dim(3), v.dim(3)}, state_dtype(q), q.device());
 }
 }  // namespace
 
@@ -22,7 +24,7 @@ Tensor GlaCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const Tensor& gv, double scale, const Tensor& s_in, bool recurrent,
                         Tensor* s_out, Transition* tr) {
   q_ = q, k_ = k, v_ = v, gk_ = gk, gv_ = gv, s_in_ = s_in, scale_ = scale;
-  Tensor o = Tensor::empty({q.dim(0), q.dim(1), q.dim(2), v.dim(3)}, q.dtype());
+  Tensor o = Tensor::empty({q.dim(0), q.dim(1), q.dim(2), v.dim(3)}, q.dtype(), q.device());
   Tensor fin;
   if (s_out) fin = state_like(q, v);
   if (recurrent) {
@@ -36,23 +38,28 @@ Tensor GlaCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, const
     tr->kind = Transition::Kind::kDiagonal;
     tr->log_decay_k = Tensor();
     tr->log_decay_v = Tensor();
+    const DType dt = state_dtype(q);
     if (gk.defined())
-      tr->log_decay_k = gk.ndim() == 3 ? Tensor::empty({q.dim(0), q.dim(2)}, q.dtype())
-                                       : Tensor::empty({q.dim(0), q.dim(2), q.dim(3)}, q.dtype());
-    if (gv.defined()) tr->log_decay_v = Tensor::empty({q.dim(0), q.dim(2), v.dim(3)}, q.dtype());
+      tr->log_decay_k = gk.ndim() == 3
+                            ? Tensor::empty({q.dim(0), q.dim(2)}, dt, q.device())
+                            : Tensor::empty({q.dim(0), q.dim(2), q.dim(3)}, dt, q.device());
+    if (gv.defined())
+      tr->log_decay_v = Tensor::empty({q.dim(0), q.dim(2), v.dim(3)}, dt, q.device());
     if (gk.defined() || gv.defined())
       kernels::gated_linear_attention_segment_log_decay(gk, gv, tr->log_decay_k, tr->log_decay_v);
   }
   return o;
 }
 
-GlaCore::Grads GlaCore::backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in) {
+GlaCore::Grads GlaCore::backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in,
+                                 bool want_dgk) {
   Grads g;
-  g.dq = Tensor::empty(q_.shape(), q_.dtype());
-  g.dk = Tensor::empty(k_.shape(), k_.dtype());
-  g.dv = Tensor::empty(v_.shape(), v_.dtype());
-  if (gk_.defined()) g.dgk = Tensor::empty(gk_.shape(), gk_.dtype());
-  if (gv_.defined()) g.dgv = Tensor::empty(gv_.shape(), gv_.dtype());
+  const Device dev = q_.device();
+  g.dq = Tensor::empty(q_.shape(), q_.dtype(), dev);
+  g.dk = Tensor::empty(k_.shape(), k_.dtype(), dev);
+  g.dv = Tensor::empty(v_.shape(), v_.dtype(), dev);
+  if (gk_.defined() && want_dgk) g.dgk = Tensor::empty(gk_.shape(), gk_.dtype(), dev);
+  if (gv_.defined()) g.dgv = Tensor::empty(gv_.shape(), gv_.dtype(), dev);
   if (want_ds_in) g.ds_in = state_like(q_, v_);
   kernels::gated_linear_attention_chunked_backward(q_, k_, v_, gk_, gv_, scale_,
                                                    effective_chunk(chunk_, q_.dim(1)), s_in_, d_o,

@@ -1,7 +1,8 @@
 // The state-carrying step the linear mixers share: one call of a kernel family (gated linear
 // attention, or the delta rule) with its segment I/O. It saves what its backward needs, runs the
 // chunked kernels (or the recurrent reference when asked), and produces the final state and the
-// segment transition on request. Mixers own the projections, gates, norms around it.
+// segment transition on request. Mixers own the projections, gates, norms around it. Runs where
+// its inputs live (CPU or CUDA); on CUDA the states and transitions are f32 (state_dtype).
 #pragma once
 
 #include "core/modules/mixers/segment.h"
@@ -20,8 +21,9 @@ class GlaCore {
   struct Grads {
     Tensor dq, dk, dv, dgk, dgv, ds_in;  // dgk/dgv undefined when the gate was; ds_in when asked
   };
-  // ds_out undefined = zero. Releases what the forward saved.
-  Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
+  // ds_out undefined = zero. Releases what the forward saved. want_dgk = false skips the key
+  // gate's gradient (a constant decay: Lightning, RetNet); dgk is then undefined.
+  Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in, bool want_dgk = true);
   void release_saved() { q_ = k_ = v_ = gk_ = gv_ = s_in_ = Tensor(); }
 
  private:
@@ -29,6 +31,10 @@ class GlaCore {
   double scale_ = 1;
   Tensor q_, k_, v_, gk_, gv_, s_in_;
 };
+
+// The dtype of the states, gates and transitions of a mixer whose q lives on `q`'s device: q's
+// own on the CPU (f32 or f64), f32 on CUDA (the scans carry f32 states and read f32 gates).
+DType state_dtype(const Tensor& q);
 
 // S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,  o_t = scale q_t S_t
 // (kernels/delta_rule.h; g undefined = DeltaNet).
