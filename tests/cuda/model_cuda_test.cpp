@@ -166,5 +166,45 @@ TEST(ModelCuda, Bf16PrecisionTracksF32) {
   std::printf("bf16 vs f32: loss %.6f vs %.6f, worst gradient error %.2e (norm)\n", lb, lf, worst);
 }
 
+// The GPU hybrid (Lightning + grouped-query softmax attention, MoE top-2 with aux and z losses,
+// configs/gpu_hybrid_moe.pbtxt) against the same model on the CPU, f32 matmuls: every op of the
+// zoo shapes together. The router's top-2 choice is discrete; with f32 logits on both sides a
+// token whose two best experts nearly tie may pick differently, which moves that expert's
+// gradient: the tolerances cover it (measured values are printed).
+TEST(ModelCuda, HybridMoeModelMatchesCpu) {
+  LINEA_REQUIRE_CUDA();
+  const config::Config cfg =
+      load_config({std::string(LINEA_SOURCE_DIR) + "/configs/gpu_hybrid_moe.pbtxt"},
+                  {"train.precision=f32", "data.seq_len=256"});
+  validate_config(cfg, 1);
+  Model cpu(cfg, DType::kF32), gpu(cfg, DType::kF32);
+  cpu.init(3);
+  gpu.init(3);
+  gpu.to(Device::cuda(0));
+  const data::Batch batch = random_batch(2, 256, 257, 9);
+  const data::Batch on_gpu{batch.inputs.cuda(0), batch.targets.cuda(0)};
+  const LossStats lc = cpu.forward_backward(batch, 1.0);
+  const LossStats lg = gpu.forward_backward(on_gpu, 1.0);
+  const double loss_cpu = lc.loss_sum / lc.tokens, loss_gpu = lg.loss_sum / lg.tokens;
+  EXPECT_NEAR(loss_gpu, loss_cpu, 1e-3 * loss_cpu);
+  EXPECT_NEAR(lg.aux_loss, lc.aux_loss, 1e-3 * lc.aux_loss);
+  EXPECT_NEAR(lg.z_loss, lc.z_loss, 1e-3 * lc.z_loss);
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < cpu.parameters().size(); ++i) {
+    const Tensor g = ref64(gpu.parameters()[i]->grad), r = ref64(cpu.parameters()[i]->grad);
+    double diff = 0, norm = 0;
+    for (int64_t j = 0; j < r.numel(); ++j) {
+      diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
+      norm += r.item(j) * r.item(j);
+    }
+    const double e = std::sqrt(diff / std::max(norm, 1e-300));
+    if (e > worst) worst = e, worst_name = cpu.parameters()[i]->name;
+    EXPECT_LT(e, 1.5e-1) << cpu.parameters()[i]->name;
+  }
+  std::printf("hybrid MoE: loss cpu %.6f gpu %.6f, aux %.3e / %.3e; worst gradient %.2e (%s)\n",
+              loss_cpu, loss_gpu, lc.aux_loss, lg.aux_loss, worst, worst_name.c_str());
+}
+
 }  // namespace
 }  // namespace linea
