@@ -57,9 +57,8 @@ void check_gpu_model(const config::Config& cfg) {
                          (dk == 64 || dk == 128) && dv % 64 == 0,
                      kWhatRuns)
         << "layer " << layer << ": mixer " << MC::Kind_Name(m.kind()) << ", feature map "
-        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size()
-        << ", short conv " << (conv ? "on" : "off") << ", head " << dk << " x " << dv
-        << " is not on GPUs yet";
+        << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", short conv "
+        << (conv ? "on" : "off") << ", head " << dk << " x " << dv << " is not on GPUs yet";
   }
 }
 
