@@ -1,14 +1,18 @@
 #include "parallel/sequence_collectives.h"
 
-#include <cstring>
-
 namespace linea::parallel {
 namespace {
 
-// Bytes of T rows of one sequence.
-size_t rows_bytes(const Tensor& x, int64_t rows) {
-  return dtype_size(x.dtype()) *
-         static_cast<size_t>(shape_numel(Shape(x.shape().begin() + 2, x.shape().end()))) * rows;
+// Elements of T rows of one sequence.
+int64_t rows_elements(const Tensor& x, int64_t rows) {
+  return shape_numel(Shape(x.shape().begin() + 2, x.shape().end())) * rows;
+}
+
+// Row `di` of dst [n, block] = row `si` of src [n, block]: one contiguous copy on the tensors'
+// device (a device-to-device copy for CUDA tensors).
+void copy_block(Tensor& dst, int64_t di, const Tensor& src, int64_t si) {
+  Tensor d = dst.slice(di, di + 1);
+  d.copy_from(src.slice(si, si + 1));
 }
 
 }  // namespace
@@ -22,12 +26,11 @@ Tensor all_gather_time(Communicator& comm, const Tensor& local) {
   Shape s = local.shape();
   s[1] = W * L;
   Tensor whole = Tensor::empty(s, local.dtype());
-  const size_t block = rows_bytes(local, L);
-  const auto* src = static_cast<const char*>(gathered.raw());
-  auto* dst = static_cast<char*>(whole.raw());
+  const int64_t block = rows_elements(local, L);
+  const Tensor src = gathered.view({W * B, block});
+  Tensor dst = whole.view({B * W, block});
   for (int64_t w = 0; w < W; ++w)
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(dst + (b * W + w) * block, src + (w * B + b) * block, block);
+    for (int64_t b = 0; b < B; ++b) copy_block(dst, b * W + w, src, w * B + b);
   return whole;
 }
 
@@ -37,12 +40,11 @@ Tensor reduce_scatter_time(Communicator& comm, const Tensor& whole) {
       << "reduce_scatter_time: " << shape_str(whole.shape()) << " over " << W << " ranks";
   const int64_t L = whole.dim(1) / W;
   Tensor ordered = Tensor::empty({whole.numel()}, whole.dtype());
-  const size_t block = rows_bytes(whole, L);
-  const auto* src = static_cast<const char*>(whole.raw());
-  auto* dst = static_cast<char*>(ordered.raw());
+  const int64_t block = rows_elements(whole, L);
+  const Tensor src = whole.view({B * W, block});
+  Tensor dst = ordered.view({W * B, block});
   for (int64_t w = 0; w < W; ++w)
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(dst + (w * B + b) * block, src + (b * W + w) * block, block);
+    for (int64_t b = 0; b < B; ++b) copy_block(dst, w * B + b, src, b * W + w);
   Shape s = whole.shape();
   s[1] = L;
   Tensor local = Tensor::empty(s, whole.dtype());

@@ -125,11 +125,10 @@ TEST(ChunkScanCuda, RefusesWhatItDoesNotRunWithAMessage) {
   expect_error_with(
       [&] { kernels::linear_attention_chunked_forward(q96, q96, v, 1.0, 64, none, o, none); },
       "Dqk = 96");
-  const Tensor gvec = log_decays({1, 64, 1, 64}, 3);  // a vector gate (GLA)
+  const Tensor gv = log_decays({1, 64, 1, 64}, 3);  // a value-side gate (GSA)
   expect_error_with(
       [&] {
-        kernels::gated_linear_attention_chunked_forward(v, v, v, gvec, none, 1.0, 64, none, o,
-                                                        none);
+        kernels::gated_linear_attention_chunked_forward(v, v, v, none, gv, 1.0, 64, none, o, none);
       },
       "not supported on CUDA yet");
 }

@@ -340,8 +340,12 @@ void expect_param_grads_close(const MixerPair& p, MC::Kind kind) {
     ASSERT_EQ(p.pc[i]->name, p.pg[i]->name);
     EXPECT_FALSE(p.pg[i]->grad.device().is_cpu()) << p.pg[i]->name;
     const bool q = !vector_kind(kind) && p.pg[i]->name.find("q_proj") != std::string::npos;
-    expect_grad_close(p.pg[i]->grad, p.pc[i]->grad, q ? 1.5e-1 : tol_norm(kind),
-                      q ? 2e-1 : tol_max(kind), "d " + p.pg[i]->name);
+    // The scalar decay's gradient dgk_t = sum over Dk x Dv of products of bf16 operands that
+    // largely cancel (measured up to 7e-2 in norm for the bias, a sum of dgk over every token,
+    // with an incoming state): the gate parameters get the q_proj allowance.
+    const bool gate = !vector_kind(kind) && p.pg[i]->name.find("gk_proj") != std::string::npos;
+    expect_grad_close(p.pg[i]->grad, p.pc[i]->grad, q || gate ? 1.5e-1 : tol_norm(kind),
+                      q || gate ? 2e-1 : tol_max(kind), "d " + p.pg[i]->name);
   }
 }
 
