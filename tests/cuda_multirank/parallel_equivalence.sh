@@ -5,9 +5,13 @@
 # tokens; DP and EP split it over the ranks (4 each), SP splits every sequence (256 tokens each).
 # With one GPU per rank the collectives go through NCCL; where both ranks share one GPU (the
 # one-GPU machine) through MPI with host staging: the arithmetic on each GPU is the same.
-# Tolerance: |loss - loss_1| <= 2e-3 x loss_1 at every step, with f32 matmuls (train.precision f32),
-# so that what is compared is the parallel composition, not bf16 rounding (the chunk scan's
-# bf16 operands stay); measured differences are printed.
+# Tolerances, with f32 matmuls (train.precision f32; the scans' and attention's bf16 operands stay):
+# step 1, before any optimizer step, within 1e-5 relative: the parallel composition itself
+# (measured 7e-8 to 7e-7 on an H200). Steps 2-5 within 1e-2 relative: the layouts round in other
+# orders (GEMMs of other shapes, sums across ranks), bf16 operands turn that into differences of
+# about 1e-3 in single gradient entries, and AdamW's first updates (about lr x sign(g)) and the
+# router's top-2 choice amplify them (measured at most 4.2e-3 at step 5). Measured differences are
+# printed.
 #   tests/cuda_multirank/parallel_equivalence.sh LINEA SRC
 # Exit 77 (ctest: skipped) without a GPU.
 set -euo pipefail
@@ -35,10 +39,11 @@ run ep2 2 --set train.micro_batch_size=4 --set parallel.ep=2
 status=0
 for layout in dp2 sp2 ep2; do
   paste <(losses one) <(losses "$layout") | awk -v name="$layout" '
-    { d = $2 - $1; if (d < 0) d = -d; r = d / $1; if (r > worst) worst = r;
+    { d = $2 - $1; if (d < 0) d = -d; r = d / $1; if (NR == 1) first = r; else if (r > worst) worst = r;
       printf "%s step %d: one %.6f  %s %.6f  rel diff %.2e\n", name, NR, $1, name, $2, r }
     END { if (NR != 5) { print name ": expected 5 steps, got " NR; exit 1 }
-          if (worst > 2e-3) { print name ": worst " worst " > 2e-3"; exit 1 } }' || status=1
+          if (first > 1e-5) { print name ": step 1 differs by " first " > 1e-5"; exit 1 }
+          if (worst > 1e-2) { print name ": worst of steps 2-5 " worst " > 1e-2"; exit 1 } }' || status=1
 done
 [ $status -eq 0 ] || fail "a parallel layout departs from one rank"
 echo "DP=2, SP=2, EP=2 equal one rank for 5 steps"
