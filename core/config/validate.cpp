@@ -315,6 +315,12 @@ void validate_train(const config::Config& cfg) {
   check_one_of(t.device(), {"cpu", "cuda"}, "train.device");
   check_one_of(t.recompute(), {"none", "selective", "full"}, "train.recompute");
   check_one_of(cfg.parallel().backend(), {"auto", "mpi", "nccl"}, "parallel.backend");
+  check_one_of(t.nonfinite(), {"skip", "stop"}, "train.nonfinite");
+  check_positive(t.max_nonfinite_in_row(), "train.max_nonfinite_in_row");
+  check_non_negative(t.inject_nan_step(), "train.inject_nan_step");
+  LINEA_USER_CHECK(cfg.parallel().collective_timeout_s() >= 0,
+                   "set parallel.collective_timeout_s to 0 (off) or a number of seconds")
+      << "parallel.collective_timeout_s = " << cfg.parallel().collective_timeout_s();
   LINEA_USER_CHECK(cfg.parallel().backend() != "nccl" || t.device() == "cuda",
                    "set train.device = cuda, or parallel.backend = auto or mpi")
       << "parallel.backend = nccl moves CUDA tensors, but train.device = " << t.device();

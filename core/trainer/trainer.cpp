@@ -17,11 +17,13 @@
 #include "core/model/model_size.h"         // FLOPs per token (MFU on GPUs)
 #include "core/modules/moe/moe_layer.h"    // MoE statistics and the aux-loss-free bias
 #include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
+#include "core/trainer/preemption.h"       // SIGTERM / SIGUSR1: stop after the step
 #include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
 #include "kernels/elementwise.h"           // finiteness checks
 #include "kernels/sequence.h"              // this SP rank's shard of each sequence
 #include "parallel/grad_sync.h"            // gradient reduction (DP x SP, expert DP), norm clip
 #include "parallel/process_grid.h"         // DP x SP groups, EP groups
+#include "parallel/watchdog.h"             // hung collectives end the job
 
 namespace linea {
 namespace {
@@ -42,6 +44,22 @@ std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_by
   return b;
 }
 
+// Installs a watchdog on the caller's world communicator for the training run, and removes it
+// again (the communicator outlives the run; the watchdog does not).
+struct WatchdogInstalled {
+  WatchdogInstalled(parallel::Communicator& c, parallel::CollectiveWatchdog* w) : comm(c) {
+    comm.set_watchdog(w);
+  }
+  ~WatchdogInstalled() { comm.set_watchdog(nullptr); }
+  parallel::Communicator& comm;
+};
+
+// Fault injection (train.inject_nan_step): a NaN in the first gradient entry of this rank.
+void poison_gradient(const ParameterList& params) {
+  Tensor first = params.front()->grad.view({-1}).slice(0, 1);
+  first.fill_(std::nan(""));
+}
+
 }  // namespace
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
@@ -49,10 +67,20 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const Device device = training_device(cfg, world);  // refuses what cannot run, before any work
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
+  // A collective that hangs (a rank died or stopped) ends the job instead (parallel/watchdog.h).
+  std::unique_ptr<parallel::CollectiveWatchdog> watchdog;
+  if (cfg.parallel().collective_timeout_s() > 0 && world.size() > 1)
+    watchdog = std::make_unique<parallel::CollectiveWatchdog>(cfg.parallel().collective_timeout_s(),
+                                                              world.rank());
+  const WatchdogInstalled watched(world, watchdog.get());
   // GPU runs with one GPU per rank talk through NCCL (parallel.backend); the rest through `world`.
   const std::unique_ptr<parallel::Communicator> nccl_world = training_world(cfg, world, device);
+  if (nccl_world) nccl_world->set_watchdog(watchdog.get());
   parallel::ProcessGrid grid(nccl_world ? *nccl_world : world,
                              {dp, cfg.parallel().sp(), cfg.parallel().ep()});
+  const PreemptionGuard preemption;  // SIGTERM / SIGUSR1: finish the step, then stop cleanly
+  int nonfinite_in_row = 0;
+  int64_t skipped_steps = 0;
   const bool leader = world.rank() == 0;
 
   const std::filesystem::path out_dir = tc.output_dir();
@@ -129,6 +157,11 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       dropped += static_cast<double>(s.dropped);
     }
 
+    if (tc.inject_nan_step() == step + 1 && world.rank() == 0) {
+      spdlog::warn("train.inject_nan_step: writing a NaN into this rank's gradient at step {}",
+                   step + 1);
+      poison_gradient(model.parameters());
+    }
     parallel::sync_gradients(model.parameters(), grid);
     const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
     const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
@@ -162,15 +195,33 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     }
     const double grad_norm =
         parallel::clip_gradients(model.parameters(), grid, cfg.optimizer().grad_clip());
-    LINEA_USER_CHECK(std::isfinite(loss) && std::isfinite(grad_norm),
-                     "lower optimizer.lr or raise schedule.warmup_steps")
-        << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "
-        << step;
+    // The loss and the gradient norm are global (all-reduced), so every rank takes the same branch.
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     const double lr = learning_rate(cfg.optimizer(), cfg.schedule(), step, tc.steps());
-    optimizer.step(lr);
-    // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
-    for (size_t l = 0; l < global_load.size(); ++l)
-      model.moe_layers()[l]->router().update_bias(global_load[l]);
+    if (finite) {
+      nonfinite_in_row = 0;
+      optimizer.step(lr);
+      // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
+      for (size_t l = 0; l < global_load.size(); ++l)
+        model.moe_layers()[l]->router().update_bias(global_load[l]);
+    } else {
+      ++nonfinite_in_row;
+      ++skipped_steps;
+      LINEA_USER_CHECK(tc.nonfinite() == "skip",
+                       "lower optimizer.lr or raise schedule.warmup_steps; train.nonfinite = skip "
+                       "skips such steps")
+          << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "
+          << step + 1 << " (train.nonfinite = stop)";
+      LINEA_USER_CHECK(nonfinite_in_row <= tc.max_nonfinite_in_row(),
+                       "lower optimizer.lr or raise schedule.warmup_steps; check the data")
+          << nonfinite_in_row << " non-finite steps in a row (loss " << loss << ", gradient norm "
+          << grad_norm << " at step " << step + 1
+          << "), more than train.max_nonfinite_in_row = " << tc.max_nonfinite_in_row();
+      spdlog::warn(
+          "step {}: non-finite loss ({}) or gradient norm ({}): skipped, no optimizer step ({} in "
+          "a row, {} in all)",
+          step + 1, loss, grad_norm, nonfinite_in_row, skipped_steps);
+    }
     summary.losses.push_back(loss);
     summary.aux_losses.push_back(aux_loss + z_loss);
 
@@ -219,7 +270,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                             {"tokens", tokens},
                             {"comm_bytes", comm},
                             {"comm_bytes_by_kind", comm_kinds},
-                            {"peak_rss_mb", peak_rss_mb()}};
+                            {"peak_rss_mb", peak_rss_mb()},
+                            {"skipped_steps", skipped_steps}};
+        if (!finite) j["skipped"] = true;
         if (!device.is_cpu()) {
           // Per GPU: this rank's allocator peak; MFU as 6 x (active parameters without the input
           // embedding) x tokens/s per GPU over the bf16 peak (docs/performance.md), and with the
@@ -241,7 +294,18 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         metrics << j.dump() << "\n" << std::flush;
       }
     }
+    // Preemption: every rank learns whether any rank got SIGTERM / SIGUSR1; all stop after this
+    // step together.
+    const double sig = grid.world().all_reduce_scalar(PreemptionGuard::signal_received(),
+                                                      parallel::ReduceOp::kMax);
+    if (sig > 0) {
+      spdlog::warn("signal {} received: stopping after step {} of {}", static_cast<int>(sig),
+                   step + 1, tc.steps());
+      summary.stopped_by_signal = static_cast<int>(sig);
+      break;
+    }
   }
+  summary.skipped_steps = skipped_steps;
   for (const Parameter* p : model.parameters())
     summary.final_parameters.push_back(p->value.clone());
   if (!summary.losses.empty())
