@@ -5,9 +5,11 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 // ---- what the loop is made of ---------------------------------------------------------------
 #include "core/config/config.h"            // validation and derived sizes
@@ -19,6 +21,7 @@
 #include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
 #include "core/trainer/preemption.h"       // SIGTERM / SIGUSR1: stop after the step
 #include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
+#include "core/util/phase_times.h"         // LINEA_PHASE_TIMES: where a step's time goes
 #include "kernels/elementwise.h"           // finiteness checks
 #include "kernels/sequence.h"              // this SP rank's shard of each sequence
 #include "parallel/grad_sync.h"            // gradient reduction (DP x SP, expert DP), norm clip
@@ -79,6 +82,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   parallel::ProcessGrid grid(nccl_world ? *nccl_world : world,
                              {dp, cfg.parallel().sp(), cfg.parallel().ep()});
   const PreemptionGuard preemption;  // SIGTERM / SIGUSR1: finish the step, then stop cleanly
+  const bool profile = std::getenv("LINEA_PHASE_TIMES") != nullptr;
+  std::string last_phase_table;
   int nonfinite_in_row = 0;
   int64_t skipped_steps = 0;
   const bool leader = world.rank() == 0;
@@ -120,6 +125,10 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const int accum = tc.grad_accum_steps();
   for (int64_t step = 0; step < tc.steps(); ++step) {
     const auto t0 = std::chrono::steady_clock::now();
+    // Profiling runs (LINEA_PHASE_TIMES=1): per-phase times of this step (core/util/phase_times.h).
+    PhaseTimes times;
+    std::optional<PhaseTimesScope> profiling;
+    if (profile) profiling.emplace(&times);
     reset_device_peak(device);
     const auto bytes0 = sent_bytes(grid);
     model.zero_grad();
@@ -162,7 +171,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                    step + 1);
       poison_gradient(model.parameters());
     }
+    std::optional<Phase> phase(std::in_place, "gradient sync", device);
     parallel::sync_gradients(model.parameters(), grid);
+    phase.reset();
     const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
     const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
     const bool has_moe = !model.moe_layers().empty();
@@ -193,13 +204,16 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         load_max_over_mean = std::max(load_max_over_mean, layer_max_over_mean.back());
       }
     }
+    phase.emplace("gradient norm + clip", device);
     const double grad_norm =
         parallel::clip_gradients(model.parameters(), grid, cfg.optimizer().grad_clip());
+    phase.reset();
     // The loss and the gradient norm are global (all-reduced), so every rank takes the same branch.
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     const double lr = learning_rate(cfg.optimizer(), cfg.schedule(), step, tc.steps());
     if (finite) {
       nonfinite_in_row = 0;
+      const Phase adam("optimizer", device);
       optimizer.step(lr);
       // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
       for (size_t l = 0; l < global_load.size(); ++l)
@@ -294,6 +308,10 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         metrics << j.dump() << "\n" << std::flush;
       }
     }
+    if (profile) {
+      last_phase_table = fmt::format("phase times of step {} ({:.3f} s, {:.3f} s in phases):\n{}",
+                                     step + 1, secs, times.total_s(), times.table());
+    }
     // Preemption: every rank learns whether any rank got SIGTERM / SIGUSR1; all stop after this
     // step together.
     const double sig = grid.world().all_reduce_scalar(PreemptionGuard::signal_received(),
@@ -306,6 +324,10 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     }
   }
   summary.skipped_steps = skipped_steps;
+  if (profile && leader) {
+    spdlog::info("{}", last_phase_table);
+    std::ofstream(out_dir / "phase_times.txt") << last_phase_table;
+  }
   for (const Parameter* p : model.parameters())
     summary.final_parameters.push_back(p->value.clone());
   if (!summary.losses.empty())
