@@ -92,7 +92,7 @@ Tensor Block::forward(const Tensor& x) {
   Tensor y = channel_half(h);
   if (recompute_ != Recompute::kNone) {
     mlp_norm_.release_saved();
-    mlp_->release_saved();
+    mlp_->release_for_replay();
     if (recompute_ == Recompute::kSelective) saved_h_ = h;
   }
   return y;

@@ -106,12 +106,16 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const DefaultDeviceScope on(x.device());
 
   // route -> prepare
+  const bool reuse = replaying_ && routing_kept_;
+  routing_kept_ = false;
   std::optional<Phase> phase(std::in_place, "moe: router");
-  const Routing& r = router_.forward(xf);
+  const Routing& r = reuse ? router_.routing() : router_.forward(xf);
   phase.emplace("moe: plan");
-  plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
-                        expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
-  if (gpu) upload_plan(plan_, x.device());
+  if (!reuse) {
+    plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
+                          expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
+    if (gpu) upload_plan(plan_, x.device());
+  }
   phase.emplace("moe: permute");
   Tensor rows = permute_tokens(xf, plan_);
   phase.emplace("moe: experts");
