@@ -54,27 +54,6 @@ class MegatronDataset : public Dataset {
   int64_t seq_len_;
 };
 
-const char* dtype_name(MegatronDType d) {
-  switch (d) {
-    case MegatronDType::kU8:
-      return "u8";
-    case MegatronDType::kI8:
-      return "i8";
-    case MegatronDType::kI16:
-      return "i16";
-    case MegatronDType::kI32:
-      return "i32";
-    case MegatronDType::kI64:
-      return "i64";
-    case MegatronDType::kU16:
-      return "u16";
-    case MegatronDType::kF64:
-    case MegatronDType::kF32:
-      break;
-  }
-  return "float";
-}
-
 }  // namespace
 
 std::unique_ptr<Dataset> make_megatron_dataset(const config::Config& cfg, Split split) {
@@ -144,7 +123,7 @@ std::unique_ptr<Dataset> make_megatron_dataset(const config::Config& cfg, Split 
     spdlog::info(
         "data: {} ({}): {} ids, {} documents ({} held out), {} tokens; {} split: {} "
         "windows of {} tokens",
-        entries[k].prefix, entries[k].field, dtype_name(f.dtype()), docs, valid_docs,
+        entries[k].prefix, entries[k].field, megatron_dtype_name(f.dtype()), docs, valid_docs,
         f.num_tokens(), train ? "training" : "validation", part.windows, seq_len + 1);
     parts.push_back(std::move(part));
   }

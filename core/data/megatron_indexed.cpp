@@ -264,6 +264,28 @@ void MegatronIndexedDataset::read_tokens(int64_t first, int64_t count, int64_t i
   }
 }
 
+const char* megatron_dtype_name(MegatronDType d) {
+  switch (d) {
+    case MegatronDType::kU8:
+      return "u8";
+    case MegatronDType::kI8:
+      return "i8";
+    case MegatronDType::kI16:
+      return "i16";
+    case MegatronDType::kI32:
+      return "i32";
+    case MegatronDType::kI64:
+      return "i64";
+    case MegatronDType::kU16:
+      return "u16";
+    case MegatronDType::kF64:
+      return "f64";
+    case MegatronDType::kF32:
+      return "f32";
+  }
+  return "unknown";
+}
+
 MegatronDType megatron_dtype_for_vocab(int64_t vocab_size) {
   return vocab_size < 65500 ? MegatronDType::kU16 : MegatronDType::kI32;
 }

@@ -70,6 +70,9 @@ class MegatronIndexedDataset {
   int64_t num_tokens_ = 0;
 };
 
+// "u16", "i32", ...: the NumPy-style name of a dtype, for logs.
+const char* megatron_dtype_name(MegatronDType dtype);
+
 // Megatron's rule for the id type: u16 below 65500 ids, else i32.
 MegatronDType megatron_dtype_for_vocab(int64_t vocab_size);
 

@@ -50,8 +50,8 @@ int prepare_data(const std::vector<std::string>& inputs, const std::string& outp
     spdlog::info(
         "prepare-data: wrote {} documents, {} tokens ({} ids, vocabulary {}) from {} file(s) to "
         "{}.bin and {}.idx (Megatron indexed dataset)",
-        shard.num_docs(), shard.tokens.size(), dtype == MegatronDType::kU16 ? "u16" : "i32",
-        shard.vocab_size, inputs.size(), output, output);
+        shard.num_docs(), shard.tokens.size(), megatron_dtype_name(dtype), shard.vocab_size,
+        inputs.size(), output, output);
     return 0;
   }
   write_token_shard(output, shard);
