@@ -280,7 +280,25 @@ void validate_data(const config::Config& cfg) {
           << ": data.source MQAR needs at least 4 tokens";
       break;
     }
+    case config::DataConfig::MEGATRON:
+      LINEA_USER_CHECK(data.blend_size() > 0 || !data.path().empty(),
+                       "set data.path to the prefix of PREFIX.bin / PREFIX.idx, or list data.blend")
+          << "data.path = \"\" and no data.blend: data.source MEGATRON needs a dataset";
+      for (int i = 0; i < data.blend_size(); ++i) {
+        const std::string field = "data.blend[" + std::to_string(i) + "]";
+        LINEA_USER_CHECK(!data.blend(i).prefix().empty(),
+                         "give the prefix of PREFIX.bin / PREFIX.idx, without the extensions")
+            << field << ".prefix is empty";
+        LINEA_USER_CHECK(std::isfinite(data.blend(i).weight()) && data.blend(i).weight() > 0,
+                         "give every blend weight > 0 (they need not add up to 1)")
+            << field << ".weight = " << data.blend(i).weight() << ": must be > 0";
+      }
+      break;
   }
+  LINEA_USER_CHECK(data.blend_size() == 0 || data.source() == config::DataConfig::MEGATRON,
+                   "set data.source: MEGATRON, or remove data.blend")
+      << "data.blend lists " << data.blend_size() << " dataset(s), but data.source is "
+      << config::DataConfig::Source_Name(data.source()) << "; only MEGATRON blends";
 }
 
 void validate_optimization(const config::Config& cfg) {
