@@ -11,7 +11,8 @@
 # CASES_FILE lines: NAME GPUS CONFIG SEQ MICRO RECOMPUTE [--set ...]; default: bench/train_cases.txt.
 # GPUS > 1 runs under mpirun (one rank per GPU, NCCL); cases needing more GPUs than visible are
 # skipped and recorded as such. Environment: LINEA_BIN (default build-gpu/linea), STEPS (default
-# 6; the first 2 are warm-up), CASE_TIMEOUT seconds (default 240).
+# 6; the first 2 are warm-up), CASE_TIMEOUT seconds (default 240), DEVICE (cuda, default; cpu runs
+# the cases on CPU ranks, GPUS then meaning ranks: tokens/s per rank, no MFU or GPU memory).
 set -uo pipefail
 OUT=${1:?usage: bench/train_bench.sh OUT_DIR [CASES_FILE]}
 cd "$(dirname "$0")/.."
@@ -19,9 +20,11 @@ CASES=${2:-bench/train_cases.txt}
 BIN=${LINEA_BIN:-build-gpu/linea}
 STEPS=${STEPS:-6}
 LIMIT=${CASE_TIMEOUT:-240}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+[ "$DEVICE" = cpu ] && gpus=1000000  # CPU ranks: no limit
 results="$OUT/train_bench.jsonl"
 : >"$results"
 
@@ -34,15 +37,14 @@ while read -r name ngpu config seq micro recompute extra; do
   fi
   run_dir="$OUT/runs/$name"
   rm -rf "$run_dir"
-  args=(train --config "$config" --set train.device=cuda --set train.steps="$STEPS"
+  args=(train --config "$config" --set train.device="$DEVICE" --set train.steps="$STEPS"
     --set schedule.warmup_steps=1 --set logging.every_steps=1 --set train.grad_accum_steps=1
     --set data.seq_len="$seq" --set train.micro_batch_size="$micro"
     --set train.recompute="$recompute" --set train.output_dir="$run_dir")
   # shellcheck disable=SC2206
   [[ -n "$extra" ]] && args+=($extra)
   launcher=()
-  ((ngpu > 1)) && launcher=(mpirun --allow-run-as-root --oversubscribe -np "$ngpu"
-    -x NCCL_NVLS_ENABLE)
+  ((ngpu > 1)) && launcher=(launch/mpirun.sh -np "$ngpu")
   echo "[train_bench] $name: ${launcher[*]} $BIN ${args[*]}"
   t0=$SECONDS
   timeout --kill-after=10 "$LIMIT" "${launcher[@]}" "$BIN" "${args[@]}" >"$OUT/$name.log" 2>&1
@@ -61,11 +63,14 @@ except OSError:
 timed = steps[2:] if len(steps) > 2 else steps[1:]
 if rc == "0" and timed:
     med = lambda k: statistics.median(s[k] for s in timed)
+    gpu = "tokens_per_s_per_gpu" in timed[0]
     row.update(status="ok", steps=len(steps), step_time_s=med("step_time_s"),
                tokens_per_step=timed[0]["tokens"],
-               tokens_per_s_per_gpu=med("tokens_per_s_per_gpu"), mfu=med("mfu"),
-               mfu_with_sequence_flops=med("mfu_with_sequence_flops"),
-               gpu_peak_gb=max(s["gpu_peak_bytes"] for s in steps) / 1e9,
+               tokens_per_s_per_gpu=med("tokens_per_s_per_gpu") if gpu
+               else statistics.median(s["tokens_per_s"] for s in timed) / int(ngpu),
+               mfu=med("mfu") if gpu else None,
+               mfu_with_sequence_flops=med("mfu_with_sequence_flops") if gpu else None,
+               gpu_peak_gb=max(s["gpu_peak_bytes"] for s in steps) / 1e9 if gpu else None,
                losses=[s["loss"] for s in steps])
 else:
     tail = open(log, errors="replace").read()[-600:] if rc != "0" else ""
@@ -85,9 +90,11 @@ for r in rows:
     if r.get("status") != "ok":
         lines.append(f"| {r['case']} | {r.get('gpus','')} | {r.get('seq_len','')} x {r.get('micro_batch','')} | {r.get('recompute','')} | {r.get('status')} | | | | | |")
         continue
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+    gb = "-" if r["gpu_peak_gb"] is None else f"{r['gpu_peak_gb']:.1f}"
     lines.append(f"| {r['case']} | {r['gpus']} | {r['seq_len']} x {r['micro_batch']} | {r['recompute']} | "
-                 f"{r['step_time_s']:.3f} | {r['tokens_per_s_per_gpu']:,.0f} | {100*r['mfu']:.1f}% | "
-                 f"{100*r['mfu_with_sequence_flops']:.1f}% | {r['gpu_peak_gb']:.1f} | "
+                 f"{r['step_time_s']:.3f} | {r['tokens_per_s_per_gpu']:,.0f} | {pct(r['mfu'])} | "
+                 f"{pct(r['mfu_with_sequence_flops'])} | {gb} | "
                  f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} |")
 open(sys.argv[3], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
