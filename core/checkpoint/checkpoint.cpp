@@ -193,16 +193,23 @@ std::string read_verified(const fs::path& dir, const nlohmann::json& m, const st
   return bytes;
 }
 
+// Whether two config messages mean the same (a field set to its default equals an unset one);
+// *report lists the differences.
+bool equivalent(const google::protobuf::Message& saved, const google::protobuf::Message& now,
+                std::string* report = nullptr) {
+  google::protobuf::util::MessageDifferencer diff;
+  diff.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
+  if (report) diff.ReportDifferencesToString(report);
+  return diff.Compare(saved, now);
+}
+
 // Refuses a checkpoint this run cannot continue from, naming the differing field.
 void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs::path& dir) {
   const std::string where = "checkpoint " + dir.string();
   const config::Config saved =
       parse_config_text(m["config"].get<std::string>(), (dir / kManifest).string() + " (config)");
-  google::protobuf::util::MessageDifferencer diff;
-  diff.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
   std::string report;
-  diff.ReportDifferencesToString(&report);
-  LINEA_USER_CHECK(diff.Compare(saved.model(), s.cfg.model()),
+  LINEA_USER_CHECK(equivalent(saved.model(), s.cfg.model(), &report),
                    "resume with the model.* settings the checkpoint was trained with")
       << "model.* differs from " << where << " (saved -> now):\n"
       << report;
@@ -232,14 +239,14 @@ void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs:
       << "the global batch is " << global_batch << " sequences (train.micro_batch_size "
       << tc.micro_batch_size() << " x train.grad_accum_steps " << tc.grad_accum_steps() << " x dp "
       << now.dp << "), but " << where << " was trained with " << saved_batch;
-  if (saved.data().SerializeAsString() != s.cfg.data().SerializeAsString())
+  if (!equivalent(saved.data(), s.cfg.data()))
     spdlog::warn("checkpoint: data.* differs from {}'s; the samples from step {} on are not the "
                  "ones the original run would have seen",
                  where, m["step"].get<int64_t>());
-  if (saved.train().steps() != tc.steps() || saved.optimizer().SerializeAsString() !=
-                                                 s.cfg.optimizer().SerializeAsString())
-    spdlog::warn("checkpoint: train.steps or optimizer.* differ from {}'s; the learning rate "
-                 "schedule continues with the new values",
+  if (saved.train().steps() != tc.steps() || !equivalent(saved.optimizer(), s.cfg.optimizer()) ||
+      !equivalent(saved.schedule(), s.cfg.schedule()))
+    spdlog::warn("checkpoint: train.steps, optimizer.* or schedule.* differ from {}'s; training "
+                 "continues with the new values",
                  where);
 }
 
