@@ -52,8 +52,7 @@ std::vector<NamedTensor> model_tensors(const TrainingState& s, bool replicated) 
   if (replicated && has_bias_buffers(s))
     for (MoeLayer* moe : s.model.moe_layers()) {
       const std::vector<double>& b = moe->router().bias();
-      out.push_back(
-          {bias_name(*moe), Tensor::from_vector({int64_t(b.size())}, b, DType::kF64)});
+      out.push_back({bias_name(*moe), Tensor::from_vector({int64_t(b.size())}, b, DType::kF64)});
     }
   return out;
 }
@@ -113,8 +112,8 @@ void write_manifest_and_marker(const TrainingState& s, int64_t step, const fs::p
       {"format", kFormat},
       {"version", kVersion},
       {"step", step},
-      {"layout", {{"world", s.grid.world().size()}, {"dp", shape.dp}, {"sp", shape.sp},
-                  {"ep", shape.ep}}},
+      {"layout",
+       {{"world", s.grid.world().size()}, {"dp", shape.dp}, {"sp", shape.sp}, {"ep", shape.ep}}},
       {"dtype", tc.dtype()},
       // Samples are drawn by global index (core/data/dataset.h): the position is the step.
       {"data",
@@ -165,8 +164,8 @@ nlohmann::json read_manifest(const fs::path& dir) {
                    "use the Linea version that wrote the checkpoint")
       << manifest_path.string() << " has version " << m.value("version", 0) << ", this build reads "
       << kVersion;
-  for (const char* key : {"step", "layout", "data", "optimizer", "model_files", "optimizer_files",
-                          "config", "files"})
+  for (const char* key :
+       {"step", "layout", "data", "optimizer", "model_files", "optimizer_files", "config", "files"})
     LINEA_USER_CHECK(m.contains(key), kDamagedHint)
         << manifest_path.string() << " lacks the field '" << key << "'";
   return m;
@@ -209,17 +208,28 @@ void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs:
   const config::Config saved =
       parse_config_text(m["config"].get<std::string>(), (dir / kManifest).string() + " (config)");
   std::string report;
-  LINEA_USER_CHECK(equivalent(saved.model(), s.cfg.model(), &report),
-                   "resume with the model.* settings the checkpoint was trained with")
-      << "model.* differs from " << where << " (saved -> now):\n"
-      << report;
+  const bool same_model = equivalent(saved.model(), s.cfg.model(), &report);
+  // The differencer names fields relative to the model message ("modified: hidden_size: ...").
+  std::string fields;
+  for (size_t b = 0, e; b < report.size(); b = e + 1) {
+    e = report.find('\n', b);
+    if (e == std::string::npos) e = report.size();
+    const std::string line = report.substr(b, e - b);
+    const size_t colon = line.find(": ");
+    if (!line.empty())
+      fields += "\n  " + (colon == std::string::npos
+                              ? line
+                              : line.substr(0, colon + 2) + "model." + line.substr(colon + 2));
+  }
+  LINEA_USER_CHECK(same_model, "resume with the model.* settings the checkpoint was trained with")
+      << "model.* differs from " << where << " (saved -> now):" << fields;
   const parallel::GridShape& now = s.grid.shape();
   const auto& layout = m["layout"];
   // Experts live in the shard of their EP rank; everything else is the same on every rank.
   LINEA_USER_CHECK(layout.value("ep", 0) == now.ep,
                    "keep parallel.ep (the DP size may change on resume; SP and EP may not)")
-      << "parallel.ep = " << now.ep << ", but " << where << " was written with parallel.ep = "
-      << layout.value("ep", 0);
+      << "parallel.ep = " << now.ep << ", but " << where
+      << " was written with parallel.ep = " << layout.value("ep", 0);
   LINEA_USER_CHECK(m.value("dtype", "") == s.cfg.train().dtype(),
                    "use the train.dtype the checkpoint was trained with")
       << "train.dtype = " << s.cfg.train().dtype() << ", but " << where << " holds "
@@ -227,8 +237,8 @@ void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs:
   if (s.optimizer == nullptr) return;  // evaluation: the rest concerns continuing training
   LINEA_USER_CHECK(layout.value("sp", 0) == now.sp,
                    "keep parallel.sp (the DP size may change on resume; SP and EP may not)")
-      << "parallel.sp = " << now.sp << ", but " << where << " was written with parallel.sp = "
-      << layout.value("sp", 0);
+      << "parallel.sp = " << now.sp << ", but " << where
+      << " was written with parallel.sp = " << layout.value("sp", 0);
   const auto& tc = s.cfg.train();
   const int64_t global_batch = int64_t(tc.micro_batch_size()) * tc.grad_accum_steps() * now.dp;
   const int64_t saved_batch = m["data"].value("global_batch_sequences", int64_t(0));
@@ -240,14 +250,16 @@ void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs:
       << tc.micro_batch_size() << " x train.grad_accum_steps " << tc.grad_accum_steps() << " x dp "
       << now.dp << "), but " << where << " was trained with " << saved_batch;
   if (!equivalent(saved.data(), s.cfg.data()))
-    spdlog::warn("checkpoint: data.* differs from {}'s; the samples from step {} on are not the "
-                 "ones the original run would have seen",
-                 where, m["step"].get<int64_t>());
+    spdlog::warn(
+        "checkpoint: data.* differs from {}'s; the samples from step {} on are not the "
+        "ones the original run would have seen",
+        where, m["step"].get<int64_t>());
   if (saved.train().steps() != tc.steps() || !equivalent(saved.optimizer(), s.cfg.optimizer()) ||
       !equivalent(saved.schedule(), s.cfg.schedule()))
-    spdlog::warn("checkpoint: train.steps, optimizer.* or schedule.* differ from {}'s; training "
-                 "continues with the new values",
-                 where);
+    spdlog::warn(
+        "checkpoint: train.steps, optimizer.* or schedule.* differ from {}'s; training "
+        "continues with the new values",
+        where);
 }
 
 void load_tensor(Tensor& dst, const SafetensorsFile& f, const std::string& name) {
@@ -397,8 +409,8 @@ int64_t load_checkpoint(const TrainingState& s, const std::string& dir_text) {
     opt->set_steps_taken(m["optimizer"].value("step", int64_t(0)));
   }
   const int64_t step = m["step"].get<int64_t>();
-  spdlog::info("checkpoint: resumed from {} (step {}; written with dp {}, now dp {})",
-               dir.string(), step, m["layout"].value("dp", 0), s.grid.shape().dp);
+  spdlog::info("checkpoint: resumed from {} (step {}; written with dp {}, now dp {})", dir.string(),
+               step, m["layout"].value("dp", 0), s.grid.shape().dp);
   return step;
 }
 

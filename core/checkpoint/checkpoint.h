@@ -32,9 +32,9 @@ struct TrainingState {
   AdamW* optimizer = nullptr;
 };
 
-// Writes and commits (needs the optimizer) the checkpoint of the state after `step` optimizer steps into
-// <train.output_dir>/checkpoints/step-<step> (replacing one of the same step), then applies the
-// retention rule. Collective over grid.world(): every rank must call it at the same step (the
+// Writes and commits (needs the optimizer) the checkpoint of the state after `step` optimizer steps
+// into <train.output_dir>/checkpoints/step-<step> (replacing one of the same step), then applies
+// the retention rule. Collective over grid.world(): every rank must call it at the same step (the
 // trainer does periodically; call it on demand, e.g. on a signal, the same way). Returns the
 // committed directory.
 std::string save_checkpoint(const TrainingState& state, int64_t step);

@@ -20,14 +20,14 @@ constexpr size_t kMaxHeaderBytes = 100u << 20;  // the reference implementation'
 // Element sizes of every dtype the format defines (we read the headers of all of them).
 size_t element_size(const std::string& dtype) {
   static const std::map<std::string, size_t> sizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-      {"I64", 8},  {"U64", 8}, {"F64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8}};
   const auto it = sizes.find(dtype);
   return it == sizes.end() ? 0 : it->second;
 }
 
-#define SAFETENSORS_CHECK(cond, path)                                                            \
+#define SAFETENSORS_CHECK(cond, path)                                                              \
   LINEA_USER_CHECK(cond, "the file is damaged or not safetensors; resume from another checkpoint") \
       << (path) << ": not a valid safetensors file: "
 
@@ -146,7 +146,8 @@ SafetensorsFile::SafetensorsFile(std::string bytes, std::string path)
   std::vector<std::pair<size_t, std::string>> order;
   for (const auto& [name, e] : entries_) order.emplace_back(e.begin, name);
   std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
-    return a.first != b.first ? a.first < b.first : entries_.at(a.second).end < entries_.at(b.second).end;
+    return a.first != b.first ? a.first < b.first
+                              : entries_.at(a.second).end < entries_.at(b.second).end;
   });
   size_t covered = 0;
   for (const auto& [begin, name] : order) {
@@ -173,7 +174,8 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
   for (DType t : {DType::kF32, DType::kF64, DType::kBF16, DType::kI32, DType::kI64})
     if (e.dtype == safetensors_dtype(t)) dtype = t, known = true;
   LINEA_USER_CHECK(known, "convert the tensor to F32, F64, BF16, I32 or I64")
-      << path_ << ": tensor '" << name << "' has dtype " << e.dtype << ", which Linea does not load";
+      << path_ << ": tensor '" << name << "' has dtype " << e.dtype
+      << ", which Linea does not load";
   Tensor t = Tensor::empty(e.shape, dtype, Device::cpu());
   if (t.nbytes() > 0) std::memcpy(t.raw(), bytes_.data() + buffer_start_ + e.begin, t.nbytes());
   return t;

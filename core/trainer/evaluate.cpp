@@ -33,9 +33,8 @@ EvalResult evaluate(const config::Config& cfg, const parallel::ProcessGrid& grid
   double loss_sum = 0, tokens = 0;
   for (int64_t b = 0; b < batches; ++b) {
     const data::Batch full = data::make_batch(valid, b, 1, 0, dp, grid.dp_rank(), micro);
-    const data::Batch local{
-        kernels::slice_time(full.inputs, s0, s0 + shard).to(model.device()),
-        kernels::slice_time(full.targets, s0, s0 + shard).to(model.device())};
+    const data::Batch local{kernels::slice_time(full.inputs, s0, s0 + shard).to(model.device()),
+                            kernels::slice_time(full.targets, s0, s0 + shard).to(model.device())};
     const LossStats s = model.forward_loss(local);
     loss_sum += s.loss_sum;
     tokens += static_cast<double>(s.tokens);
@@ -56,9 +55,9 @@ EvalResult evaluate_checkpoint(const config::Config& cfg, const std::string& dir
   validate_config(cfg, world.size());
   const Device device = training_device(cfg, world);
   const std::unique_ptr<parallel::Communicator> nccl_world = training_world(cfg, world, device);
-  parallel::ProcessGrid grid(nccl_world ? *nccl_world : world,
-                             {resolved_dp(cfg, world.size()), cfg.parallel().sp(),
-                              cfg.parallel().ep()});
+  parallel::ProcessGrid grid(
+      nccl_world ? *nccl_world : world,
+      {resolved_dp(cfg, world.size()), cfg.parallel().sp(), cfg.parallel().ep()});
   auto valid = data::make_dataset(cfg, data::Split::kValid);
   Model model(cfg, dtype_from_name(cfg.train().dtype()), &grid.sp(), &grid.ep());
   if (!device.is_cpu()) model.to(device);

@@ -77,7 +77,8 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   // Resume: the newest complete checkpoint of the output dir, or checkpoint.resume_from.
   const checkpoint::TrainingState state{cfg, grid, model, &optimizer};
   const std::string resume_from = checkpoint::resume_path(cfg);
-  const int64_t first_step = resume_from.empty() ? 0 : checkpoint::load_checkpoint(state, resume_from);
+  const int64_t first_step =
+      resume_from.empty() ? 0 : checkpoint::load_checkpoint(state, resume_from);
   const int64_t end_step = tc.stop_after_steps() > 0
                                ? std::min<int64_t>(tc.steps(), first_step + tc.stop_after_steps())
                                : int64_t(tc.steps());
@@ -260,10 +261,12 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
     const int64_t done = step + 1;
     if (eval_every > 0 && (done % eval_every == 0 || done == tc.steps())) {
       const EvalResult v = evaluate(cfg, grid, model, *valid);
-      spdlog::info("step {:>5}/{} | val_loss {:.4f} | val_ppl {:.3f} | {} tokens", done,
-                   tc.steps(), v.loss, v.perplexity, v.tokens);
+      spdlog::info("step {:>5}/{} | val_loss {:.4f} | val_ppl {:.3f} | {} tokens", done, tc.steps(),
+                   v.loss, v.perplexity, v.tokens);
       if (leader)
-        metrics << nlohmann::json{{"step", done}, {"val_loss", v.loss}, {"val_ppl", v.perplexity},
+        metrics << nlohmann::json{{"step", done},
+                                  {"val_loss", v.loss},
+                                  {"val_ppl", v.perplexity},
                                   {"val_tokens", v.tokens}}
                        .dump()
                 << "\n"

@@ -1,12 +1,12 @@
 // The checkpoints folder: retention (keep_last + keep_every) and which checkpoint a run resumes
 // from (the newest with a COMPLETE marker; incomplete and temporary ones are skipped).
+#include "core/checkpoint/checkpoint_dir.h"
+
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
-
-#include "core/checkpoint/checkpoint_dir.h"
 
 namespace linea::checkpoint {
 namespace {
@@ -38,10 +38,10 @@ class CheckpointDirTest : public ::testing::Test {
 TEST_F(CheckpointDirTest, ResumesFromTheNewestCompleteOne) {
   EXPECT_EQ(newest_complete_checkpoint(dir_.string()), "") << "no folder: start afresh";
   make("step-5", true);
-  make("step-40", true);  // numeric order, not text order: 40 > 5
-  make("step-50", false);      // no marker: skipped
+  make("step-40", true);        // numeric order, not text order: 40 > 5
+  make("step-50", false);       // no marker: skipped
   make(".tmp-step-60", false);  // a write that did not finish: skipped
-  make("step-x", true);        // not a checkpoint name
+  make("step-x", true);         // not a checkpoint name
   EXPECT_EQ(newest_complete_checkpoint(dir_.string()), (dir_ / "step-40").string());
   const auto all = list_checkpoints(dir_.string());
   ASSERT_EQ(all.size(), 3u);

@@ -150,9 +150,8 @@ TEST_F(CheckpointResume, RefusesDamagedOrMismatchedCheckpoints) {
     };
   };
   const auto truncate = [](const std::string& file) {
-    return [file](const fs::path& dir) {
-      fs::resize_file(dir / file, fs::file_size(dir / file) - 3);
-    };
+    return
+        [file](const fs::path& dir) { fs::resize_file(dir / file, fs::file_size(dir / file) - 3); };
   };
   const auto remove = [](const std::string& file) {
     return [file](const fs::path& dir) { fs::remove(dir / file); };

@@ -1,12 +1,13 @@
 // The safetensors writer and reader: a hand-made file parses per the format's rules, our files
 // round-trip every dtype bit for bit and follow the rules (little-endian length, '{', space
 // padding to 8 bytes, tensors tiling the buffer), and every malformed file is refused naming it.
+#include "core/checkpoint/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 
-#include "core/checkpoint/safetensors.h"
 #include "core/util/check.h"
 
 namespace linea::checkpoint {
@@ -53,8 +54,8 @@ TEST(Safetensors, ParsesAHandMadeFile) {
   EXPECT_EQ(tb.shape(), Shape{});
   EXPECT_EQ(tb.data<int64_t>()[0], -7);
   // Dtypes Linea has no tensors for still parse (the header is valid), but do not load.
-  const SafetensorsFile u8(file_of(R"({"c":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xy"),
-                           "u8.safetensors");
+  const SafetensorsFile u8(
+      file_of(R"({"c":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xy"), "u8.safetensors");
   EXPECT_THROW(u8.tensor("c"), Error);
   EXPECT_THROW(f.tensor("missing"), Error);
 }
