@@ -221,7 +221,9 @@ void check_compatible(const TrainingState& s, const nlohmann::json& m, const fs:
                               ? line
                               : line.substr(0, colon + 2) + "model." + line.substr(colon + 2));
   }
-  LINEA_USER_CHECK(same_model, "resume with the model.* settings the checkpoint was trained with")
+  LINEA_USER_CHECK(same_model,
+                   "resume with the model.* settings the checkpoint was trained with, or start "
+                   "afresh in another train.output_dir (or with checkpoint.auto_resume = false)")
       << "model.* differs from " << where << " (saved -> now):" << fields;
   const parallel::GridShape& now = s.grid.shape();
   const auto& layout = m["layout"];
