@@ -44,6 +44,21 @@ std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_by
   return b;
 }
 
+// A resumed run keeps the metrics lines of the steps up to its checkpoint and drops those that an
+// interrupted run logged after it (they are trained again and logged anew).
+void keep_metrics_up_to(const std::filesystem::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= step)
+      kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
 }  // namespace
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
@@ -84,6 +99,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                                : int64_t(tc.steps());
   std::ofstream metrics;  // a resumed run appends to the metrics of the steps before
   if (leader) {
+    if (first_step > 0) keep_metrics_up_to(out_dir / "metrics.jsonl", first_step);
     metrics.open(out_dir / "metrics.jsonl", first_step > 0 ? std::ios::app : std::ios::trunc);
     LINEA_USER_CHECK(metrics.good(), "check that train.output_dir is writable")
         << "cannot write " << (out_dir / "metrics.jsonl").string();

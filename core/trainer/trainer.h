@@ -10,9 +10,10 @@
 //
 // Checkpoints (core/checkpoint/checkpoint.h): before the loop the run resumes from
 // checkpoint.resume_from or the newest complete checkpoint of train.output_dir/checkpoints (the
-// loop then starts at its step and metrics.jsonl is appended to); after a step it saves every
-// checkpoint.every_steps steps, after the last step, and when train.stop_after_steps ends the
-// run early. checkpoint::save_checkpoint(state, step) saves on demand (collective).
+// loop then starts at its step; metrics.jsonl keeps its lines up to that step and is appended
+// to); after a step it saves every checkpoint.every_steps steps, after the last step, and when
+// train.stop_after_steps ends the run early. checkpoint::save_checkpoint(state, step) saves on
+// demand (collective).
 #pragma once
 
 #include <vector>

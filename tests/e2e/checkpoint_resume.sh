@@ -42,6 +42,8 @@ tiny=(--config "$SRC/configs/tiny.pbtxt" "${common[@]}" --set train.micro_batch_
 "$LINEA" train "${tiny[@]}" --set train.output_dir="$WORK/split" --set train.stop_after_steps=10
 [ -f "$WORK/split/checkpoints/step-10/COMPLETE" ] || fail "no committed checkpoint at step 10"
 [ ! -d "$WORK/split/checkpoints/step-20" ] || fail "the stopped run went past step 10"
+# As if the stopped run had logged a step past its checkpoint before dying: resume drops it.
+echo '{"loss":9.0,"step":15}' >>"$WORK/split/metrics.jsonl"
 "$LINEA" train "${tiny[@]}" --set train.output_dir="$WORK/split"  # resumes by itself
 same_losses "$WORK/whole/metrics.jsonl" "$WORK/split/metrics.jsonl" "tiny, 10 + 10"
 val20=$(grep '"val_loss"' "$WORK/whole/metrics.jsonl" | grep '"step":20' |
