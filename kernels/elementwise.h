@@ -20,6 +20,9 @@ void accumulate(Tensor& a, const Tensor& b);
 void axpy(double alpha, const Tensor& x, Tensor& y);
 void scale(Tensor& x, double alpha);
 double sum_squares(const Tensor& x);
+// sums[index] = sum_squares(x), without waiting on CUDA (sums: an f64 tensor on x's device), so
+// that the squares of many tensors come back in one read of `sums` (gradient norms).
+void sum_squares_into(const Tensor& x, Tensor& sums, int64_t index);
 // True when every element is finite.
 bool all_finite(const Tensor& x);
 

@@ -3,7 +3,7 @@
 //                                                              train (under mpirun for many ranks)
 //   linea eval --checkpoint DIR [--config FILE ...] [--set ...] validation loss and perplexity
 //   linea validate-config [--config FILE ...] [--set ...] [--world-size N]
-//   linea prepare-data --output FILE [--separator S] TEXT_FILE ...
+//   linea prepare-data --output FILE [--separator S] [--format token-shard|megatron] TEXT_FILE ...
 //   linea info mixers                                            every supported token mixer
 //   linea info model [--config FILE ...] [--set ...] [--json]    parameter counts, FLOPs/token
 //   linea --version
@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>  // `linea eval` output
 
 #include "core/config/config.h"                 // load, merge, override, validate
-#include "core/data/prepare.h"                  // text -> token shard
+#include "core/data/prepare.h"                  // text -> token shard or Megatron dataset
 #include "core/logging/log.h"                   // rank-aware logs
 #include "core/model/model_size.h"              // `linea info model`: parameters, FLOPs
 #include "core/modules/mixers/mixer_catalog.h"  // `linea info mixers`
@@ -123,10 +123,17 @@ int main(int argc, char** argv) {
                        "also check the parallel layout against this many ranks");
 
   std::vector<std::string> inputs;
-  std::string output, separator;
-  auto* prepare = app.add_subcommand("prepare-data", "tokenize text files into a token shard");
+  std::string output, separator, format = "token-shard";
+  auto* prepare = app.add_subcommand(
+      "prepare-data", "tokenize text files into a token shard or a Megatron indexed dataset");
   prepare->add_option("inputs", inputs, "text files")->required()->check(CLI::ExistingFile);
-  prepare->add_option("--output,-o", output, "token-shard file to write")->required();
+  prepare
+      ->add_option("--output,-o", output,
+                   "token-shard file to write, or for --format megatron the prefix of "
+                   "PREFIX.bin / PREFIX.idx")
+      ->required();
+  prepare->add_option("--format", format,
+                      "token-shard (default) or megatron (Megatron-LM .bin/.idx, u16 ids)");
   prepare->add_option("--separator", separator,
                       "a line equal to this splits documents (default: one document per file)");
 
@@ -164,7 +171,8 @@ int main(int argc, char** argv) {
     }
     if (prepare->parsed()) {
       linea::init_logging(0, "info", false);
-      return linea::data::prepare_data(inputs, output, separator);
+      return linea::data::prepare_data(inputs, output, separator,
+                                       linea::data::parse_prepare_format(format));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "core/tensor/tensor.h"
+#include "parallel/watchdog.h"
 
 namespace linea::parallel {
 
@@ -90,8 +91,14 @@ class Communicator {
   const CommStats& stats() const { return stats_; }
   CommStats& stats() { return stats_; }
 
+  // The watchdog that watches this group's blocking calls (borrowed; null: none). Groups made by
+  // split() inherit it.
+  void set_watchdog(CollectiveWatchdog* w) { watchdog_ = w; }
+  CollectiveWatchdog* watchdog() const { return watchdog_; }
+
  protected:
   CommStats stats_;
+  CollectiveWatchdog* watchdog_ = nullptr;
 };
 
 // A group of one rank: every collective is a copy (or nothing). Used by single-process runs and

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <unordered_map>
 
 #include "core/util/check.h"
 #include "kernels/elementwise.h"
@@ -99,9 +100,19 @@ void sync_gradients(const ParameterList& params, const ProcessGrid& grid) {
 }
 
 double global_grad_norm(const ParameterList& params, const ProcessGrid& grid) {
-  return std::sqrt(sum_once_over_model(params, grid, [](const Parameter& p) {
-    return p.grad.defined() ? kernels::sum_squares(p.grad) : 0.0;
-  }));
+  // Every parameter's sum of squares into one f64 buffer on the gradients' device, then one
+  // read-back (not one wait per parameter); then the same sums in the same order as before.
+  Device dev = Device::cpu();
+  for (const Parameter* p : params)
+    if (p->grad.defined()) dev = p->grad.device();
+  Tensor sums = Tensor::zeros({static_cast<int64_t>(params.size())}, DType::kF64, dev);
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i]->grad.defined()) kernels::sum_squares_into(params[i]->grad, sums, int64_t(i));
+  const std::vector<double> host = sums.to_vector();
+  std::unordered_map<const Parameter*, double> of;
+  for (size_t i = 0; i < params.size(); ++i) of[params[i]] = host[i];
+  return std::sqrt(
+      sum_once_over_model(params, grid, [&](const Parameter& p) { return of.at(&p); }));
 }
 
 int64_t count_parameters(const ParameterList& params, const ProcessGrid& grid) {

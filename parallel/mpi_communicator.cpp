@@ -136,7 +136,9 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, std::st
   MPI_Comm out = MPI_COMM_NULL;
   MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &out));
   if (out == MPI_COMM_NULL) return nullptr;
-  return std::make_unique<MpiCommunicator>(out, std::move(name));
+  auto child = std::make_unique<MpiCommunicator>(out, std::move(name));
+  child->set_watchdog(watchdog_);
+  return child;
 }
 
 // CUDA tensors are staged through host copies (this backend does not assume a CUDA-aware MPI):
@@ -144,6 +146,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, std::st
 // MPI ranks (several ranks sharing one GPU included) with exactly the CPU semantics and byte
 // counts. The NCCL communicator is the fast path for CUDA tensors.
 void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_reduce", name_);
   if (on_gpu(t)) {
     Tensor h = host_copy(t, true);
     all_reduce(h, op);
@@ -158,6 +161,7 @@ void MpiCommunicator::all_reduce(Tensor& t, ReduceOp op) {
 }
 
 void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_gather", name_);
   if (on_gpu(in) || on_gpu(out)) {
     // An in-place gather (in is this rank's block of out) needs no aliasing on the host: the
     // copy of in holds the same values.
@@ -179,6 +183,7 @@ void MpiCommunicator::all_gather(const Tensor& in, Tensor& out) {
 }
 
 void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "reduce_scatter", name_);
   if (on_gpu(in) || on_gpu(out)) {
     Tensor hout = host_copy(out, false);
     reduce_scatter(host_copy(in, true), hout, op);
@@ -199,6 +204,7 @@ void MpiCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op)
 
 void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                    Tensor& out, const std::vector<int64_t>& recv_counts) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_to_all_v", name_);
   if (on_gpu(in) || on_gpu(out)) {
     Tensor hout = host_copy(out, false);
     all_to_all_v(host_copy(in, true), send_counts, hout, recv_counts);
@@ -231,6 +237,7 @@ void MpiCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>&
 }
 
 void MpiCommunicator::broadcast(Tensor& t, int root) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "broadcast", name_);
   if (on_gpu(t)) {
     Tensor h = host_copy(t, true);
     broadcast(h, root);
@@ -247,6 +254,7 @@ void MpiCommunicator::broadcast(Tensor& t, int root) {
 }
 
 void MpiCommunicator::send(const Tensor& t, int peer, int tag) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "send", name_);
   if (on_gpu(t)) return send(host_copy(t, true), peer, tag);
   detail::check_tensor("send", name_, t, false);
   detail::check_peer("send", name_, size_, rank_, peer);
@@ -257,6 +265,7 @@ void MpiCommunicator::send(const Tensor& t, int peer, int tag) {
 }
 
 void MpiCommunicator::recv(Tensor& t, int peer, int tag) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "recv", name_);
   if (on_gpu(t)) {
     Tensor h = host_copy(t, false);
     recv(h, peer, tag);
@@ -278,6 +287,9 @@ void MpiCommunicator::recv(Tensor& t, int peer, int tag) {
   stats_.add(CollectiveKind::kSendRecv, 0);
 }
 
-void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  const CollectiveWatchdog::Watch watch(watchdog_, "barrier", name_);
+  MPI_CHECK(MPI_Barrier(comm_));
+}
 
 }  // namespace linea::parallel

@@ -80,6 +80,7 @@ void NcclCommunicator::check_device_tensor(const char* op, const Tensor& t, bool
 }
 
 void NcclCommunicator::all_reduce(Tensor& t, ReduceOp op) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_reduce", name_);
   if (t.defined() && t.device().is_cpu()) {
     // Host values (scalars, statistics): through the device and back.
     Tensor d = t.to(Device::cuda(device_));
@@ -103,6 +104,7 @@ bool on_host(const Tensor& t) { return t.defined() && t.device().is_cpu(); }
 }  // namespace
 
 void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_gather", name_);
   if (on_host(in) || on_host(out)) {
     Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
     all_gather(in.to(Device::cuda(device_)), dout);
@@ -121,6 +123,7 @@ void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
 }
 
 void NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "reduce_scatter", name_);
   if (on_host(in) || on_host(out)) {
     Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
     reduce_scatter(in.to(Device::cuda(device_)), dout, op);
@@ -141,6 +144,7 @@ void NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op
 
 void NcclCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts,
                                     Tensor& out, const std::vector<int64_t>& recv_counts) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_to_all_v", name_);
   if (on_host(in) || on_host(out)) {
     Tensor dout = Tensor::empty(out.shape(), out.dtype(), Device::cuda(device_));
     all_to_all_v(in.to(Device::cuda(device_)), send_counts, dout, recv_counts);
@@ -176,6 +180,7 @@ void NcclCommunicator::all_to_all_v(const Tensor& in, const std::vector<int64_t>
 }
 
 void NcclCommunicator::broadcast(Tensor& t, int root) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "broadcast", name_);
   LINEA_CHECK(root >= 0 && root < size_) << "broadcast on group '" << name_ << "': root " << root
                                          << " is not a rank of this group of " << size_;
   if (t.defined() && t.device().is_cpu()) {
@@ -193,6 +198,7 @@ void NcclCommunicator::broadcast(Tensor& t, int root) {
 }
 
 void NcclCommunicator::send(const Tensor& t, int peer, int tag) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "send", name_);
   if (on_host(t)) return send(t.to(Device::cuda(device_)), peer, tag);
   check_device_tensor("send", t, false);
   detail::check_peer("send", name_, size_, rank_, peer);
@@ -203,6 +209,7 @@ void NcclCommunicator::send(const Tensor& t, int peer, int tag) {
 }
 
 void NcclCommunicator::recv(Tensor& t, int peer, int tag) {
+  const CollectiveWatchdog::Watch watch(watchdog_, "recv", name_);
   if (on_host(t)) {
     Tensor d = Tensor::empty(t.shape(), t.dtype(), Device::cuda(device_));
     recv(d, peer, tag);
@@ -218,6 +225,7 @@ void NcclCommunicator::recv(Tensor& t, int peer, int tag) {
 }
 
 void NcclCommunicator::barrier() {
+  const CollectiveWatchdog::Watch watch(watchdog_, "barrier", name_);
   Tensor one = Tensor::zeros({1}, DType::kI32, Device::cuda(device_));
   cuda::DeviceGuard guard(device_);
   const cudaStream_t stream = cuda::current_stream(device_);
@@ -230,7 +238,9 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key, std::s
   ncclComm_t out = nullptr;
   NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &out, nullptr));
   if (color < 0 || out == nullptr) return nullptr;
-  return std::unique_ptr<Communicator>(new NcclCommunicator(out, device_, std::move(name)));
+  auto child = std::unique_ptr<Communicator>(new NcclCommunicator(out, device_, std::move(name)));
+  child->set_watchdog(watchdog_);
+  return child;
 }
 
 }  // namespace linea::parallel

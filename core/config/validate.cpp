@@ -280,7 +280,25 @@ void validate_data(const config::Config& cfg) {
           << ": data.source MQAR needs at least 4 tokens";
       break;
     }
+    case config::DataConfig::MEGATRON:
+      LINEA_USER_CHECK(data.blend_size() > 0 || !data.path().empty(),
+                       "set data.path to the prefix of PREFIX.bin / PREFIX.idx, or list data.blend")
+          << "data.path = \"\" and no data.blend: data.source MEGATRON needs a dataset";
+      for (int i = 0; i < data.blend_size(); ++i) {
+        const std::string field = "data.blend[" + std::to_string(i) + "]";
+        LINEA_USER_CHECK(!data.blend(i).prefix().empty(),
+                         "give the prefix of PREFIX.bin / PREFIX.idx, without the extensions")
+            << field << ".prefix is empty";
+        LINEA_USER_CHECK(std::isfinite(data.blend(i).weight()) && data.blend(i).weight() > 0,
+                         "give every blend weight > 0 (they need not add up to 1)")
+            << field << ".weight = " << data.blend(i).weight() << ": must be > 0";
+      }
+      break;
   }
+  LINEA_USER_CHECK(data.blend_size() == 0 || data.source() == config::DataConfig::MEGATRON,
+                   "set data.source: MEGATRON, or remove data.blend")
+      << "data.blend lists " << data.blend_size() << " dataset(s), but data.source is "
+      << config::DataConfig::Source_Name(data.source()) << "; only MEGATRON blends";
 }
 
 void validate_optimization(const config::Config& cfg) {
@@ -316,6 +334,12 @@ void validate_train(const config::Config& cfg) {
   check_one_of(t.recompute(), {"none", "selective", "full"}, "train.recompute");
   check_non_negative(t.stop_after_steps(), "train.stop_after_steps");
   check_one_of(cfg.parallel().backend(), {"auto", "mpi", "nccl"}, "parallel.backend");
+  check_one_of(t.nonfinite(), {"skip", "stop"}, "train.nonfinite");
+  check_positive(t.max_nonfinite_in_row(), "train.max_nonfinite_in_row");
+  check_non_negative(t.inject_nan_step(), "train.inject_nan_step");
+  LINEA_USER_CHECK(cfg.parallel().collective_timeout_s() >= 0,
+                   "set parallel.collective_timeout_s to 0 (off) or a number of seconds")
+      << "parallel.collective_timeout_s = " << cfg.parallel().collective_timeout_s();
   LINEA_USER_CHECK(cfg.parallel().backend() != "nccl" || t.device() == "cuda",
                    "set train.device = cuda, or parallel.backend = auto or mpi")
       << "parallel.backend = nccl moves CUDA tensors, but train.device = " << t.device();

@@ -1,13 +1,14 @@
 #include "core/data/dataset.h"
 
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/data/document_split.h"
+#include "core/data/megatron_dataset.h"
+#include "core/data/sample_order.h"
 #include "core/data/token_shard.h"
 #include "core/util/check.h"
 
@@ -16,46 +17,6 @@ namespace {
 
 // Same value as kernels::kIgnoreIndex (batch.h); the data layer does not depend on kernels.
 constexpr int32_t kIgnore = -1;
-
-// Separate seed streams, so the training order, the validation order and the MQAR samples never
-// share random numbers even under one data.seed.
-enum class Stream : uint64_t { kTrainOrder = 1, kValidOrder = 2, kMqarTrain = 3, kMqarValid = 4 };
-
-// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and fully specified, so the sample order is
-// the same on every platform and standard library (std::shuffle and the std distributions are
-// not).
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t next() { return mix64(state_ += 0x9e3779b97f4a7c15ULL); }
-  // Uniform in [0, n) without modulo bias: reject the low values that would over-represent
-  // small results.
-  uint64_t below(uint64_t n) {
-    const uint64_t threshold = (0 - n) % n;
-    for (;;) {
-      const uint64_t r = next();
-      if (r >= threshold) return r % n;
-    }
-  }
-
- private:
-  uint64_t state_;
-};
-
-uint64_t stream_seed(uint64_t seed, Stream stream, uint64_t index) {
-  return mix64(mix64(mix64(seed) ^ static_cast<uint64_t>(stream)) + index);
-}
-
-template <typename T>
-void shuffle(std::vector<T>& v, SplitMix64& rng) {
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.below(i)]);
-}
 
 // k distinct values of [lo, lo + n) in random order. Floyd's subset sampling keeps the cost
 // O(k^2) rather than O(n), since vocabularies can be large and k (pairs, queries) is small.
@@ -85,53 +46,28 @@ class TokenShardDataset : public Dataset {
         begin_(begin),
         vocab_size_(vocab_size),
         seq_len_(seq_len),
-        num_windows_(static_cast<int64_t>((end - begin) / static_cast<uint64_t>(seq_len + 1))),
-        seed_(seed),
-        stream_(stream) {
-    LINEA_CHECK(num_windows_ > 0) << "token-shard dataset with no window";
+        order_(static_cast<int64_t>((end - begin) / static_cast<uint64_t>(seq_len + 1)), seed,
+               stream) {
+    LINEA_CHECK(order_.size() > 0) << "token-shard dataset with no window";
   }
 
   void sample(int64_t g, int32_t* inputs, int32_t* targets) const override {
     LINEA_CHECK(g >= 0) << "negative global sample index " << g;
-    const int64_t epoch = g / num_windows_;
-    const int64_t window = (*order(epoch))[static_cast<size_t>(g % num_windows_)];
+    const int64_t window = order_.at(g);
     const int32_t* w = tokens_.data() + begin_ + static_cast<uint64_t>(window * (seq_len_ + 1));
     std::copy(w, w + seq_len_, inputs);
     std::copy(w + 1, w + seq_len_ + 1, targets);
   }
   int32_t vocab_size() const override { return vocab_size_; }
   int64_t seq_len() const override { return seq_len_; }
-  int64_t samples_per_epoch() const override { return num_windows_; }
+  int64_t samples_per_epoch() const override { return order_.size(); }
 
  private:
-  using Order = std::vector<int64_t>;
-
-  // The epoch's window permutation. Two epochs stay cached because a batch that straddles an
-  // epoch boundary asks for both alternately; redrawing each time would cost O(windows) a sample.
-  std::shared_ptr<const Order> order(int64_t epoch) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [e, o] : cache_) {
-      if (o && e == epoch) return o;
-    }
-    auto o = std::make_shared<Order>(static_cast<size_t>(num_windows_));
-    for (int64_t i = 0; i < num_windows_; ++i) (*o)[static_cast<size_t>(i)] = i;
-    SplitMix64 rng(stream_seed(seed_, stream_, static_cast<uint64_t>(epoch)));
-    shuffle(*o, rng);
-    cache_[next_slot_] = {epoch, o};
-    next_slot_ ^= 1;
-    return o;
-  }
-
   std::vector<int32_t> tokens_;
   uint64_t begin_;
   int32_t vocab_size_;
   int64_t seq_len_;
-  int64_t num_windows_;
-  uint64_t seed_;
-  Stream stream_;
-  mutable std::mutex mu_;
-  mutable std::pair<int64_t, std::shared_ptr<const Order>> cache_[2];
-  mutable int next_slot_ = 0;
+  EpochPermutation order_;
 };
 
 // ---- MQAR ----------------------------------------------------------------------------------
@@ -206,9 +142,6 @@ std::unique_ptr<Dataset> make_token_shard_dataset(const config::Config& cfg, Spl
   const std::string& path = data.path();
   const int64_t seq_len = data.seq_len();
   const double valid_fraction = data.valid_fraction();
-  LINEA_USER_CHECK(valid_fraction >= 0.0 && valid_fraction < 1.0,
-                   "set data.valid_fraction in [0, 1), e.g. 0.05")
-      << "data.valid_fraction = " << valid_fraction << " is outside [0, 1)";
   LINEA_USER_CHECK(split == Split::kTrain || valid_fraction > 0.0,
                    "set data.valid_fraction > 0 (e.g. 0.05) to hold out validation documents")
       << "a validation split of " << path << " was asked for, but data.valid_fraction is 0";
@@ -223,19 +156,8 @@ std::unique_ptr<Dataset> make_token_shard_dataset(const config::Config& cfg, Spl
       << "token shard " << path << " has vocabulary size " << shard.vocab_size
       << ", larger than model.vocab_size = " << cfg.model().vocab_size();
 
-  // Whole documents are held out (not a token tail) so no validation text leaks into training
-  // through a document cut in two.
   const int64_t docs = shard.num_docs();
-  int64_t valid_docs = 0;
-  if (valid_fraction > 0.0) {
-    LINEA_USER_CHECK(docs >= 2,
-                     "set data.valid_fraction to 0, or prepare a corpus of several "
-                     "documents (`linea prepare-data --separator ...`)")
-        << "data.valid_fraction = " << valid_fraction << " needs at least 2 documents, but " << path
-        << " holds " << docs;
-    valid_docs =
-        std::clamp<int64_t>(std::llround(valid_fraction * static_cast<double>(docs)), 1, docs - 1);
-  }
+  const int64_t valid_docs = held_out_documents(valid_fraction, docs, path);
   const uint64_t cut = shard.doc_offsets[static_cast<size_t>(docs - valid_docs)];
   const uint64_t begin = split == Split::kTrain ? 0 : cut;
   const uint64_t end = split == Split::kTrain ? cut : shard.tokens.size();
@@ -287,8 +209,10 @@ std::unique_ptr<Dataset> make_dataset(const config::Config& cfg, Split split) {
       return make_token_shard_dataset(cfg, split);
     case config::DataConfig::MQAR:
       return make_mqar_dataset(cfg, split);
+    case config::DataConfig::MEGATRON:
+      return make_megatron_dataset(cfg, split);
   }
-  LINEA_USER_CHECK(false, "set data.source to TOKEN_SHARD or MQAR")
+  LINEA_USER_CHECK(false, "set data.source to TOKEN_SHARD, MQAR or MEGATRON")
       << "unknown data.source " << static_cast<int>(cfg.data().source());
 }
 

@@ -1,8 +1,11 @@
 #include "core/model/block.h"
 
+#include <optional>
+
 #include "core/config/config.h"
 #include "core/modules/moe/moe_layer.h"
 #include "core/modules/swiglu_mlp.h"
+#include "core/util/phase_times.h"
 #include "kernels/elementwise.h"
 #include "parallel/lasp2.h"
 
@@ -44,6 +47,8 @@ Block::Block(const config::Config& cfg, int layer, DType dtype, parallel::Commun
       mlp_norm_(layer_prefix(layer) + ".mlp_norm", cfg.model().hidden_size(),
                 cfg.model().norm_eps(), dtype),
       mlp_(make_channel_mixer(cfg, layer, dtype, sp, ep)) {
+  mixer_label_ = std::string(1, resolved_layer_pattern(cfg)[layer]) + " mixer";
+  channel_label_ = mlp_->moe() ? "moe" : "mlp";
   const std::string& r = cfg.train().recompute();
   recompute_ = r == "full" ? Recompute::kFull
                            : (r == "selective" ? Recompute::kSelective : Recompute::kNone);
@@ -67,6 +72,7 @@ Tensor Block::channel_half(const Tensor& h) {
 }
 
 void Block::replay_channel_half() {
+  const Phase phase(channel_label_ + " replay");
   // The replay repeats a forward the step has counted already (MoE load statistics).
   if (MoeLayer* m = mlp_->moe()) m->set_replaying(true);
   mlp_->forward(mlp_norm_.forward(saved_h_));
@@ -75,16 +81,18 @@ void Block::replay_channel_half() {
 }
 
 Tensor Block::forward(const Tensor& x) {
+  std::optional<Phase> phase(std::in_place, mixer_label_ + " fwd");
   Tensor h = mixer_half(x);
   if (recompute_ == Recompute::kFull) {
     attn_norm_.release_saved();
     mixer_->release_saved();
     saved_x_ = x;
   }
+  phase.emplace(channel_label_ + " fwd");
   Tensor y = channel_half(h);
   if (recompute_ != Recompute::kNone) {
     mlp_norm_.release_saved();
-    mlp_->release_saved();
+    mlp_->release_for_replay();
     if (recompute_ == Recompute::kSelective) saved_h_ = h;
   }
   return y;
@@ -92,14 +100,17 @@ Tensor Block::forward(const Tensor& x) {
 
 Tensor Block::backward(const Tensor& dy) {
   if (recompute_ == Recompute::kFull) {
+    const Phase phase(mixer_label_ + " replay");
     // Mixer statistics are not accumulated by the forward, so the mixer half replays as is.
     saved_h_ = mixer_half(saved_x_);
     saved_x_ = Tensor();
   }
   if (recompute_ != Recompute::kNone) replay_channel_half();
   // dh = dy + d(mlp branch); dx = dh + d(mixer branch)
+  std::optional<Phase> phase(std::in_place, channel_label_ + " bwd");
   Tensor dh = mlp_norm_.backward(mlp_->backward(dy));
   kernels::add_inplace(dh, dy);
+  phase.emplace(mixer_label_ + " bwd");
   Tensor dx = attn_norm_.backward(mixer_->backward(dh));
   kernels::add_inplace(dx, dh);
   return dx;

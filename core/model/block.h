@@ -35,7 +35,8 @@ class Block {
   void replay_channel_half();            // recomputes what channel_half saved
 
   Recompute recompute_ = Recompute::kNone;
-  Tensor saved_x_, saved_h_;  // the recomputation's starting points
+  std::string mixer_label_, channel_label_;  // phase names ("L mixer", "moe"; phase_times.h)
+  Tensor saved_x_, saved_h_;                 // the recomputation's starting points
   RMSNorm attn_norm_;
   std::unique_ptr<TokenMixer> mixer_;
   RMSNorm mlp_norm_;

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/config/config.h"
 #include "core/modules/matmul_precision.h"
 #include "core/modules/moe/moe_layer.h"
+#include "core/util/phase_times.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
@@ -113,6 +115,7 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
   const MatmulPrecisionScope precision(matmul_precision_);
   const int64_t B = batch.inputs.dim(0), T = batch.inputs.dim(1), D = cfg_.model().hidden_size();
   const Tensor hidden = forward_hidden(batch.inputs);
+  std::optional<Phase> phase(std::in_place, "lm head + loss, fwd + bwd");
   // The LM head and the loss go chunk by chunk of rows (head_chunk_rows), each chunk's backward
   // right after its forward, so the logits never exist for the whole micro-batch.
   Tensor dh = Tensor::empty({B * T, D}, dtype_);
@@ -120,6 +123,7 @@ LossStats Model::forward_backward(const data::Batch& batch, double grad_scale,
   stats.loss_sum = head_loss(hidden, batch.targets.view({B * T}), grad_scale, &dh, &stats.tokens);
   add_moe_stats(stats);
   for (MoeLayer* moe : moe_layers_) moe->set_aux_grad_scale(aux_grad_scale);
+  phase.reset();
   Tensor dx = final_norm_->backward(dh.view({B, T, D}));
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dx = (*it)->backward(dx);
   kernels::embedding_backward(batch.inputs, dx, embeddings_.grad);

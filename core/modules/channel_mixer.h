@@ -22,6 +22,9 @@ class ChannelMixer {
   // (train.recompute) keeps only the block inputs between forward and backward; the next forward
   // saves them again.
   virtual void release_saved() = 0;
+  // What recomputation drops before it replays the forward: everything by default; the MoE layer
+  // keeps its routing and dispatch plan (small), and its replay reuses them.
+  virtual void release_for_replay() { release_saved(); }
   // The MoE layer behind this mixer, or null for a dense one (statistics, aux-loss scale, bias).
   virtual MoeLayer* moe() { return nullptr; }
 };

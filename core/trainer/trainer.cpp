@@ -5,9 +5,11 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 // ---- what the loop is made of ---------------------------------------------------------------
 #include "core/checkpoint/checkpoint.h"    // save after a step, resume before the loop
@@ -19,11 +21,14 @@
 #include "core/modules/moe/moe_layer.h"    // MoE statistics and the aux-loss-free bias
 #include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
 #include "core/trainer/evaluate.h"         // periodic validation
+#include "core/trainer/preemption.h"       // SIGTERM / SIGUSR1: stop after the step
 #include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
+#include "core/util/phase_times.h"         // LINEA_PHASE_TIMES: where a step's time goes
 #include "kernels/elementwise.h"           // finiteness checks
 #include "kernels/sequence.h"              // this SP rank's shard of each sequence
 #include "parallel/grad_sync.h"            // gradient reduction (DP x SP, expert DP), norm clip
 #include "parallel/process_grid.h"         // DP x SP groups, EP groups
+#include "parallel/watchdog.h"             // hung collectives end the job
 
 namespace linea {
 namespace {
@@ -59,6 +64,22 @@ void keep_metrics_up_to(const std::filesystem::path& path, int64_t step) {
   std::ofstream(path, std::ios::trunc) << kept;
 }
 
+// Installs a watchdog on the caller's world communicator for the training run, and removes it
+// again (the communicator outlives the run; the watchdog does not).
+struct WatchdogInstalled {
+  WatchdogInstalled(parallel::Communicator& c, parallel::CollectiveWatchdog* w) : comm(c) {
+    comm.set_watchdog(w);
+  }
+  ~WatchdogInstalled() { comm.set_watchdog(nullptr); }
+  parallel::Communicator& comm;
+};
+
+// Fault injection (train.inject_nan_step): a NaN in the first gradient entry of this rank.
+void poison_gradient(const ParameterList& params) {
+  Tensor first = params.front()->grad.view({-1}).slice(0, 1);
+  first.fill_(std::nan(""));
+}
+
 }  // namespace
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
@@ -66,10 +87,22 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const Device device = training_device(cfg, world);  // refuses what cannot run, before any work
   const auto& tc = cfg.train();
   const int dp = resolved_dp(cfg, world.size());
+  // A collective that hangs (a rank died or stopped) ends the job instead (parallel/watchdog.h).
+  std::unique_ptr<parallel::CollectiveWatchdog> watchdog;
+  if (cfg.parallel().collective_timeout_s() > 0 && world.size() > 1)
+    watchdog = std::make_unique<parallel::CollectiveWatchdog>(cfg.parallel().collective_timeout_s(),
+                                                              world.rank());
+  const WatchdogInstalled watched(world, watchdog.get());
   // GPU runs with one GPU per rank talk through NCCL (parallel.backend); the rest through `world`.
   const std::unique_ptr<parallel::Communicator> nccl_world = training_world(cfg, world, device);
+  if (nccl_world) nccl_world->set_watchdog(watchdog.get());
   parallel::ProcessGrid grid(nccl_world ? *nccl_world : world,
                              {dp, cfg.parallel().sp(), cfg.parallel().ep()});
+  const PreemptionGuard preemption;  // SIGTERM / SIGUSR1: finish the step, then stop cleanly
+  const bool profile = std::getenv("LINEA_PHASE_TIMES") != nullptr;
+  std::string last_phase_table;
+  int nonfinite_in_row = 0;
+  int64_t skipped_steps = 0;
   const bool leader = world.rank() == 0;
 
   const std::filesystem::path out_dir = tc.output_dir();
@@ -123,6 +156,10 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const int accum = tc.grad_accum_steps();
   for (int64_t step = first_step; step < end_step; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
+    // Profiling runs (LINEA_PHASE_TIMES=1): per-phase times of this step (core/util/phase_times.h).
+    PhaseTimes times;
+    std::optional<PhaseTimesScope> profiling;
+    if (profile) profiling.emplace(&times);
     reset_device_peak(device);
     const auto bytes0 = sent_bytes(grid);
     model.zero_grad();
@@ -160,7 +197,14 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       dropped += static_cast<double>(s.dropped);
     }
 
+    if (tc.inject_nan_step() == step + 1 && world.rank() == 0) {
+      spdlog::warn("train.inject_nan_step: writing a NaN into this rank's gradient at step {}",
+                   step + 1);
+      poison_gradient(model.parameters());
+    }
+    std::optional<Phase> phase(std::in_place, "gradient sync", device);
     parallel::sync_gradients(model.parameters(), grid);
+    phase.reset();
     const double loss = grid.dp_sp().all_reduce_scalar(loss_sum) / n_total;
     const double micro_batches = static_cast<double>(accum) * grid.dp_sp().size();
     const bool has_moe = !model.moe_layers().empty();
@@ -191,17 +235,38 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         load_max_over_mean = std::max(load_max_over_mean, layer_max_over_mean.back());
       }
     }
+    phase.emplace("gradient norm + clip", device);
     const double grad_norm =
         parallel::clip_gradients(model.parameters(), grid, cfg.optimizer().grad_clip());
-    LINEA_USER_CHECK(std::isfinite(loss) && std::isfinite(grad_norm),
-                     "lower optimizer.lr or raise schedule.warmup_steps")
-        << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "
-        << step;
+    phase.reset();
+    // The loss and the gradient norm are global (all-reduced), so every rank takes the same branch.
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     const double lr = learning_rate(cfg.optimizer(), cfg.schedule(), step, tc.steps());
-    optimizer.step(lr);
-    // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
-    for (size_t l = 0; l < global_load.size(); ++l)
-      model.moe_layers()[l]->router().update_bias(global_load[l]);
+    if (finite) {
+      nonfinite_in_row = 0;
+      const Phase adam("optimizer", device);
+      optimizer.step(lr);
+      // SIGMOID_BIAS routers: the aux-loss-free bias moves after the step, from the global load.
+      for (size_t l = 0; l < global_load.size(); ++l)
+        model.moe_layers()[l]->router().update_bias(global_load[l]);
+    } else {
+      ++nonfinite_in_row;
+      ++skipped_steps;
+      LINEA_USER_CHECK(tc.nonfinite() == "skip",
+                       "lower optimizer.lr or raise schedule.warmup_steps; train.nonfinite = skip "
+                       "skips such steps")
+          << "non-finite loss (" << loss << ") or gradient norm (" << grad_norm << ") at step "
+          << step + 1 << " (train.nonfinite = stop)";
+      LINEA_USER_CHECK(nonfinite_in_row <= tc.max_nonfinite_in_row(),
+                       "lower optimizer.lr or raise schedule.warmup_steps; check the data")
+          << nonfinite_in_row << " non-finite steps in a row (loss " << loss << ", gradient norm "
+          << grad_norm << " at step " << step + 1
+          << "), more than train.max_nonfinite_in_row = " << tc.max_nonfinite_in_row();
+      spdlog::warn(
+          "step {}: non-finite loss ({}) or gradient norm ({}): skipped, no optimizer step ({} in "
+          "a row, {} in all)",
+          step + 1, loss, grad_norm, nonfinite_in_row, skipped_steps);
+    }
     summary.losses.push_back(loss);
     summary.aux_losses.push_back(aux_loss + z_loss);
 
@@ -250,7 +315,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                             {"tokens", tokens},
                             {"comm_bytes", comm},
                             {"comm_bytes_by_kind", comm_kinds},
-                            {"peak_rss_mb", peak_rss_mb()}};
+                            {"peak_rss_mb", peak_rss_mb()},
+                            {"skipped_steps", skipped_steps}};
+        if (!finite) j["skipped"] = true;
         if (!device.is_cpu()) {
           // Per GPU: this rank's allocator peak; MFU as 6 x (active parameters without the input
           // embedding) x tokens/s per GPU over the bf16 peak (docs/performance.md), and with the
@@ -289,8 +356,29 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
                 << std::flush;
     }
     const bool stopping = done == end_step && done < tc.steps();  // train.stop_after_steps
-    if (stopping || (save_every > 0 && (done % save_every == 0 || done == tc.steps())))
-      checkpoint::save_checkpoint(state, done);
+    const bool saved_now =
+        stopping || (save_every > 0 && (done % save_every == 0 || done == tc.steps()));
+    if (saved_now) checkpoint::save_checkpoint(state, done);
+    if (profile) {
+      last_phase_table = fmt::format("phase times of step {} ({:.3f} s, {:.3f} s in phases):\n{}",
+                                     step + 1, secs, times.total_s(), times.table());
+    }
+    // Preemption: every rank learns whether any rank got SIGTERM / SIGUSR1; all stop after this
+    // step together.
+    const double sig = grid.world().all_reduce_scalar(PreemptionGuard::signal_received(),
+                                                      parallel::ReduceOp::kMax);
+    if (sig > 0) {
+      spdlog::warn("signal {} received: stopping after step {} of {}", static_cast<int>(sig),
+                   step + 1, tc.steps());
+      summary.stopped_by_signal = static_cast<int>(sig);
+      if (!saved_now) checkpoint::save_checkpoint(state, done);  // resume continues from here
+      break;
+    }
+  }
+  summary.skipped_steps = skipped_steps;
+  if (profile && leader) {
+    spdlog::info("{}", last_phase_table);
+    std::ofstream(out_dir / "phase_times.txt") << last_phase_table;
   }
   for (const Parameter* p : model.parameters())
     summary.final_parameters.push_back(p->value.clone());

@@ -32,6 +32,10 @@ struct TrainSummary {
   // Copies of the parameters after the last step, in Model::parameters() order (for equivalence
   // tests; cheap at the sizes trained on CPU).
   std::vector<Tensor> final_parameters;
+  // Steps skipped for a non-finite loss or gradient (train.nonfinite = skip).
+  int64_t skipped_steps = 0;
+  // The signal (SIGTERM, SIGUSR1) that stopped the run early, after its step; 0: ran to the end.
+  int stopped_by_signal = 0;
 };
 
 TrainSummary train(const config::Config& cfg, parallel::Communicator& world);

@@ -87,6 +87,14 @@ double sum_squares(const Tensor& x) {
   });
 }
 
+void sum_squares_into(const Tensor& x, Tensor& sums, int64_t index) {
+  LINEA_ON_CUDA(x, sum_squares_into(x, sums, index));
+  LINEA_CHECK(sums.defined() && sums.dtype() == DType::kF64 && sums.device().is_cpu() &&
+              index >= 0 && index < sums.numel())
+      << "sum_squares_into: sums must be an f64 CPU tensor with an entry " << index;
+  sums.data<double>()[index] = sum_squares(x);
+}
+
 bool all_finite(const Tensor& x) {
   LINEA_ON_CUDA(x, all_finite(x));
   cpu::check_float(x, "all_finite", "x");

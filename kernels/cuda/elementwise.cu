@@ -171,23 +171,45 @@ void scale(Tensor& x, double alpha) {
   CUDA_CHECK_LAUNCH();
 }
 
-double sum_squares(const Tensor& x) {
-  check_float(x, "sum_squares", "x");
-  if (x.numel() == 0) return 0.0;
-  OnDevice dev(x);
+namespace {
+// The two passes into *out (a device f64), queued on the current stream; no wait.
+void queue_sum_squares(const Tensor& x, const OnDevice& dev, double* out) {
   const int blocks = grid_for(x.numel(), kBlock, dev.index, 8) < kReduceBlocks
                          ? grid_for(x.numel(), kBlock, dev.index, 8)
                          : kReduceBlocks;
-  Tensor partial = Tensor::empty({blocks + 1}, DType::kF64, x.device());
+  Tensor partial = Tensor::empty({blocks}, DType::kF64, x.device());
   double* p = partial.data<double>();
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     sum_squares_partial<<<blocks, kBlock, 0, dev.stream>>>(ptr<T>(x), x.numel(), p);
   });
   CUDA_CHECK_LAUNCH();
-  sum_partials<<<1, 1024, 0, dev.stream>>>(p, blocks, p + blocks);
+  sum_partials<<<1, 1024, 0, dev.stream>>>(p, blocks, out);
   CUDA_CHECK_LAUNCH();
-  return read_back<double>(partial.slice(blocks, blocks + 1), dev);
+}
+}  // namespace
+
+double sum_squares(const Tensor& x) {
+  check_float(x, "sum_squares", "x");
+  if (x.numel() == 0) return 0.0;
+  OnDevice dev(x);
+  Tensor out = Tensor::empty({1}, DType::kF64, x.device());
+  queue_sum_squares(x, dev, out.data<double>());
+  return read_back<double>(out, dev);
+}
+
+void sum_squares_into(const Tensor& x, Tensor& sums, int64_t index) {
+  check_float(x, "sum_squares_into", "x");
+  LINEA_CHECK(sums.defined() && sums.dtype() == DType::kF64 && sums.device() == x.device() &&
+              index >= 0 && index < sums.numel())
+      << "sum_squares_into: sums must be an f64 tensor on " << x.device().str() << " with an entry "
+      << index;
+  OnDevice dev(x);
+  if (x.numel() == 0) {
+    CUDA_CHECK(cudaMemsetAsync(sums.data<double>() + index, 0, sizeof(double), dev.stream));
+    return;
+  }
+  queue_sum_squares(x, dev, sums.data<double>() + index);
 }
 
 bool all_finite(const Tensor& x) {

@@ -92,6 +92,7 @@ void add_inplace(Tensor& a, const Tensor& b);
 void axpy(double alpha, const Tensor& x, Tensor& y);
 void scale(Tensor& x, double alpha);
 double sum_squares(const Tensor& x);
+void sum_squares_into(const Tensor& x, Tensor& sums, int64_t index);
 bool all_finite(const Tensor& x);
 
 // kernels/linear_attention.h: the chunk scan (kernels/cuda/chunk_scan.h); bf16 tensor-core inputs,

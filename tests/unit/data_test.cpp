@@ -15,44 +15,17 @@
 #include "core/data/token_shard.h"
 #include "core/data/tokenizer.h"
 #include "core/util/check.h"
+#include "unit/test_files.h"
 
 namespace linea::data {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory per test, so tests never see each other's files.
-std::string test_dir() {
-  const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(testing::TempDir()) / "linea_data_test" /
-                 (std::string(info->test_suite_name()) + "." + info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-// Runs fn, expects a linea::Error, and checks that its message holds every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected linea::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts) {
-      EXPECT_NE(msg.find(p), std::string::npos) << "message lacks \"" << p << "\":\n" << msg;
-    }
-  }
-}
+using testing_files::expect_error;
+using testing_files::read_file;
+using testing_files::test_dir;
+using testing_files::write_file;
 
 // Documents of the given lengths; token i has id i % vocab, so every window is recognisable.
 TokenShard counting_shard(const std::vector<int>& doc_lengths, int32_t vocab) {

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
+#include "core/util/phase_times.h"
 #include "kernels/elementwise.h"
 #include "kernels/moe_permute.h"
 
@@ -104,11 +106,19 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const DefaultDeviceScope on(x.device());
 
   // route -> prepare
-  const Routing& r = router_.forward(xf);
-  plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
-                        expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
-  if (gpu) upload_plan(plan_, x.device());
+  const bool reuse = replaying_ && routing_kept_;
+  routing_kept_ = false;
+  std::optional<Phase> phase(std::in_place, "moe: router");
+  const Routing& r = reuse ? router_.routing() : router_.forward(xf);
+  phase.emplace("moe: plan");
+  if (!reuse) {
+    plan_ = plan_dispatch(r.expert, N, r.top_k, num_experts(),
+                          expert_capacity(cfg_.capacity_factor(), N, r.top_k, num_experts()));
+    if (gpu) upload_plan(plan_, x.device());
+  }
+  phase.emplace("moe: permute");
   Tensor rows = permute_tokens(xf, plan_);
+  phase.emplace("moe: experts");
   if (dispatcher_) {
     // The plan's rows are already grouped by global expert; dispatch keeps that order per source.
     std::vector<int32_t> expert_of_row(static_cast<size_t>(plan_.rows()));
@@ -123,9 +133,11 @@ Tensor MoeLayer::forward(const Tensor& x) {
     expert_out_ = experts_apply(rows, local_counts(), false);
   }
   // finish: un-permute and combine with the router weights
+  phase.emplace("moe: combine");
   Tensor y = gpu ? unpermute_combine(expert_out_, plan_, r.weights)
                  : unpermute_combine(expert_out_, plan_, r.weight);
 
+  phase.reset();
   if (shared_) {
     Tensor s = shared_->forward(xf);
     if (shared_gate_ && gpu) {
@@ -189,12 +201,14 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   Tensor drows;
   std::vector<double> dweight;
   Tensor dweight_dev;
+  std::optional<Phase> phase(std::in_place, "moe: combine bwd");
   if (gpu)
     unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weight_tensor(), drows,
                                dweight_dev);
   else
     unpermute_combine_backward(dyf, expert_out_, plan_, router_.combine_weights(), drows, dweight);
   expert_out_ = Tensor();
+  phase.emplace("moe: experts bwd");
   if (dispatcher_) {
     // combine's backward is dispatch; dispatch's backward is combine (expert_dispatch.h).
     const Tensor d_received = dispatcher_->combine_backward(drows);
@@ -202,7 +216,9 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   } else {
     drows = experts_apply(drows, local_counts(), true);
   }
+  phase.emplace("moe: permute bwd");
   permute_tokens_backward(drows, plan_, dx);
+  phase.emplace("moe: router bwd");
   kernels::add_inplace(dx, gpu ? router_.backward(dweight_dev, aux_grad_scale_)
                                : router_.backward(dweight, aux_grad_scale_));
   return dx.view(shape);

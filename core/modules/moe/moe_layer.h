@@ -61,6 +61,7 @@ class MoeLayer : public ChannelMixer {
   Tensor backward(const Tensor& dy) override;
   void collect(ParameterList& out) override;
   void release_saved() override {
+    routing_kept_ = false;
     router_.release_saved();
     for (auto& e : experts_) e->release_saved();
     if (shared_) shared_->release_saved();
@@ -70,8 +71,21 @@ class MoeLayer : public ChannelMixer {
     shared_gate_value_.clear();
     shared_gate_dev_ = Tensor();
   }
+  // Drops the activations (rows, expert intermediates, outputs) but keeps the router's state and
+  // the dispatch plan: about (N k + 2 N E) numbers and the router's input, against N k D floats.
+  void release_for_replay() override {
+    for (auto& e : experts_) e->release_saved();
+    if (shared_) shared_->release_saved();
+    if (shared_gate_) shared_gate_->release_saved();
+    expert_out_ = shared_out_ = Tensor();
+    shared_gate_value_.clear();
+    shared_gate_dev_ = Tensor();
+    routing_kept_ = true;
+  }
   // While on, forward is a recomputation of a forward already counted: it leaves step_load()
-  // alone (activation recomputation replays each forward once before its backward).
+  // alone (activation recomputation replays each forward once before its backward), and after
+  // release_for_replay it reuses the kept routing and plan instead of routing again (the input is
+  // the same, so the routing would be too).
   void set_replaying(bool on) { replaying_ = on; }
   MoeLayer* moe() override { return this; }
 
@@ -114,6 +128,7 @@ class MoeLayer : public ChannelMixer {
   MoeStats stats_;
   std::vector<double> step_load_;
   bool replaying_ = false;
+  bool routing_kept_ = false;  // release_for_replay kept the router state and plan_
 };
 
 }  // namespace linea

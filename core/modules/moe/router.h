@@ -76,6 +76,8 @@ class Router {
   std::vector<double>& bias() { return bias_; }
   Parameter& weight() { return proj_.weight(); }
   const std::vector<double>& combine_weights() const { return routing_.weight; }
+  // The routing of the last forward (kept across a recomputation's replay).
+  const Routing& routing() const { return routing_; }
   const Tensor& combine_weight_tensor() const { return routing_.weights; }  // GPU
 
  private:

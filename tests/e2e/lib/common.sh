@@ -13,11 +13,13 @@ expect_error() {
   LAST_ERROR=$out
 }
 contains() { grep -qF -- "$2" <<<"$1" || fail "expected '$2' in: $1"; }
+# Text files of the fortunes package for tests that prepare their own data ('%' separates).
+FORTUNE_TEXTS=(/usr/share/games/fortunes/fortunes /usr/share/games/fortunes/literature)
 # The embedded corpus (prepared by launch/setup.sh), or a fresh one from the fortunes package.
 corpus() {
   if [ -f "$SRC/data/fortunes.tokens" ]; then echo "$SRC/data/fortunes.tokens"; return; fi
-  "$LINEA" prepare-data --separator % --output "$WORK/fortunes.tokens" \
-    /usr/share/games/fortunes/fortunes /usr/share/games/fortunes/literature >/dev/null
+  "$LINEA" prepare-data --separator % --output "$WORK/fortunes.tokens" "${FORTUNE_TEXTS[@]}" \
+    >/dev/null
   echo "$WORK/fortunes.tokens"
 }
 # First and last logged loss of a metrics.jsonl.
