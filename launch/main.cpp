@@ -1,5 +1,7 @@
 // The `linea` command line.
-//   linea train [--config FILE ...] [--set path=value ...]     train (under mpirun for many ranks)
+//   linea train [--config FILE ...] [--set path=value ...] [--resume DIR]
+//                                                              train (under mpirun for many ranks)
+//   linea eval --checkpoint DIR [--config FILE ...] [--set ...] validation loss and perplexity
 //   linea validate-config [--config FILE ...] [--set ...] [--world-size N]
 //   linea prepare-data --output FILE [--separator S] [--format token-shard|megatron] TEXT_FILE ...
 //   linea info mixers                                            every supported token mixer
@@ -11,12 +13,14 @@
 #include <CLI/CLI.hpp>  // argument parsing
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>  // `linea eval` output
 
 #include "core/config/config.h"                 // load, merge, override, validate
 #include "core/data/prepare.h"                  // text -> token shard or Megatron dataset
 #include "core/logging/log.h"                   // rank-aware logs
 #include "core/model/model_size.h"              // `linea info model`: parameters, FLOPs
 #include "core/modules/mixers/mixer_catalog.h"  // `linea info mixers`
+#include "core/trainer/evaluate.h"              // `linea eval`: validation loss of a checkpoint
 #include "core/trainer/trainer.h"               // the training loop
 #include "parallel/launch_env.h"                // rank, local rank, host
 #include "parallel/mpi_communicator.h"          // MPI runtime and world communicator
@@ -34,11 +38,12 @@ struct ConfigArgs {
   }
 };
 
-int run_train(const ConfigArgs& args, int* argc, char*** argv) {
+int run_train(const ConfigArgs& args, const std::string& resume, int* argc, char*** argv) {
   linea::parallel::MpiRuntime mpi(argc, argv);
   auto world = linea::parallel::MpiCommunicator::world();
   try {
     linea::config::Config cfg = linea::load_config(args.files, args.sets);
+    if (!resume.empty()) cfg.mutable_checkpoint()->set_resume_from(resume);
     const auto& lc = cfg.logging();
     linea::init_logging(
         world->rank(), lc.level(), lc.all_ranks(),
@@ -57,6 +62,33 @@ int run_train(const ConfigArgs& args, int* argc, char*** argv) {
   }
 }
 
+// `linea eval`: the config defaults to the checkpoint's own config.pbtxt.
+int run_eval(ConfigArgs args, const std::string& checkpoint, int* argc, char*** argv) {
+  linea::parallel::MpiRuntime mpi(argc, argv);
+  auto world = linea::parallel::MpiCommunicator::world();
+  try {
+    if (args.files.empty()) args.files.push_back(checkpoint + "/config.pbtxt");
+    const linea::config::Config cfg = linea::load_config(args.files, args.sets);
+    linea::init_logging(world->rank(), cfg.logging().level(), cfg.logging().all_ranks());
+    int64_t step = 0;
+    const linea::EvalResult r = linea::evaluate_checkpoint(cfg, checkpoint, *world, &step);
+    spdlog::info("eval: {} (step {}): val_loss {:.4f} | val_ppl {:.3f} | {} tokens in {} batches",
+                 checkpoint, step, r.loss, r.perplexity, r.tokens, r.batches);
+    if (world->rank() == 0) {
+      const nlohmann::json j = {{"checkpoint", checkpoint}, {"step", step},
+                                {"val_loss", r.loss},       {"val_ppl", r.perplexity},
+                                {"val_tokens", r.tokens},   {"batches", r.batches}};
+      std::cout << j.dump() << std::endl;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "[rank %d] error: %s\n", world->rank(), e.what());
+    std::fflush(stderr);
+    if (world->size() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -67,6 +99,20 @@ int main(int argc, char** argv) {
   ConfigArgs train_args;
   auto* train = app.add_subcommand("train", "train a model from config files");
   train_args.add_to(train);
+  std::string resume;
+  train->add_option("--resume", resume,
+                    "resume from this checkpoint directory (default: the newest complete one in "
+                    "<train.output_dir>/checkpoints)");
+
+  ConfigArgs eval_args;
+  std::string eval_checkpoint;
+  auto* eval = app.add_subcommand(
+      "eval",
+      "validation loss and perplexity of a checkpoint (prints one JSON line); the config "
+      "defaults to the checkpoint's config.pbtxt");
+  eval_args.add_to(eval);
+  eval->add_option("--checkpoint", eval_checkpoint, "checkpoint directory (.../step-<N>)")
+      ->required();
 
   ConfigArgs validate_args;
   int world_size = 0;
@@ -103,7 +149,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  if (train->parsed()) return run_train(train_args, &argc, &argv);
+  if (train->parsed()) return run_train(train_args, resume, &argc, &argv);
+  if (eval->parsed()) return run_eval(eval_args, eval_checkpoint, &argc, &argv);
   try {
     if (validate->parsed()) {
       linea::config::Config cfg = linea::load_config(validate_args.files, validate_args.sets);

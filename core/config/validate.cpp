@@ -332,6 +332,7 @@ void validate_train(const config::Config& cfg) {
   check_one_of(t.precision(), {"f32", "bf16"}, "train.precision");
   check_one_of(t.device(), {"cpu", "cuda"}, "train.device");
   check_one_of(t.recompute(), {"none", "selective", "full"}, "train.recompute");
+  check_non_negative(t.stop_after_steps(), "train.stop_after_steps");
   check_one_of(cfg.parallel().backend(), {"auto", "mpi", "nccl"}, "parallel.backend");
   check_one_of(t.nonfinite(), {"skip", "stop"}, "train.nonfinite");
   check_positive(t.max_nonfinite_in_row(), "train.max_nonfinite_in_row");
@@ -350,6 +351,11 @@ void validate_checkpoint_and_logging(const config::Config& cfg) {
   LINEA_USER_CHECK(c.keep_last() >= 1, "set checkpoint.keep_last to 1 or more")
       << "checkpoint.keep_last = " << c.keep_last() << ": must be >= 1";
   check_non_negative(c.keep_every(), "checkpoint.keep_every");
+
+  const config::EvalConfig& e = cfg.eval();
+  check_non_negative(e.every_steps(), "eval.every_steps");
+  check_non_negative(e.batches(), "eval.batches");
+  check_non_negative(e.micro_batch_size(), "eval.micro_batch_size");
 
   const config::LoggingConfig& l = cfg.logging();
   LINEA_USER_CHECK(l.every_steps() >= 1, "set logging.every_steps to 1 or more")

@@ -18,6 +18,12 @@ class AdamW {
   // One update with learning rate lr (from the schedule); increments the step count.
   void step(double lr);
   int64_t steps_taken() const { return t_; }
+  // The state a checkpoint saves and restores (core/checkpoint): the first and second moments,
+  // in the order of the parameter list, and the step count the bias corrections use.
+  const ParameterList& parameters() const { return params_; }
+  std::vector<Tensor>& exp_avg() { return m_; }
+  std::vector<Tensor>& exp_avg_sq() { return v_; }
+  void set_steps_taken(int64_t t) { t_ = t; }
 
  private:
   ParameterList params_;

@@ -12,6 +12,7 @@
 #include <optional>
 
 // ---- what the loop is made of ---------------------------------------------------------------
+#include "core/checkpoint/checkpoint.h"    // save after a step, resume before the loop
 #include "core/config/config.h"            // validation and derived sizes
 #include "core/data/dataset.h"             // samples by global index, per-DP-rank slices
 #include "core/logging/log.h"              // rank-aware spdlog
@@ -19,6 +20,7 @@
 #include "core/model/model_size.h"         // FLOPs per token (MFU on GPUs)
 #include "core/modules/moe/moe_layer.h"    // MoE statistics and the aux-loss-free bias
 #include "core/optim/adamw.h"              // AdamW, schedule, gradient clipping
+#include "core/trainer/evaluate.h"         // periodic validation
 #include "core/trainer/preemption.h"       // SIGTERM / SIGUSR1: stop after the step
 #include "core/trainer/training_device.h"  // train.device: the CPU or this rank's GPU
 #include "core/util/phase_times.h"         // LINEA_PHASE_TIMES: where a step's time goes
@@ -45,6 +47,21 @@ std::array<uint64_t, static_cast<int>(parallel::CollectiveKind::kCount)> sent_by
        {&grid.world(), &grid.dp(), &grid.sp(), &grid.dp_sp(), &grid.ep(), &grid.expert_dp()})
     for (size_t k = 0; k < b.size(); ++k) b[k] += c->stats().bytes_sent[k];
   return b;
+}
+
+// A resumed run keeps the metrics lines of the steps up to its checkpoint and drops those that an
+// interrupted run logged after it (they are trained again and logged anew).
+void keep_metrics_up_to(const std::filesystem::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= step)
+      kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
 }
 
 // Installs a watchdog on the caller's world communicator for the training run, and removes it
@@ -89,13 +106,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   const bool leader = world.rank() == 0;
 
   const std::filesystem::path out_dir = tc.output_dir();
-  std::ofstream metrics;
   if (leader) {
     std::filesystem::create_directories(out_dir);
     std::ofstream(out_dir / "config.pbtxt") << config_to_text(cfg);
-    metrics.open(out_dir / "metrics.jsonl", std::ios::trunc);
-    LINEA_USER_CHECK(metrics.good(), "check that train.output_dir is writable")
-        << "cannot write " << (out_dir / "metrics.jsonl").string();
   }
 
   auto dataset = data::make_dataset(cfg);
@@ -109,6 +122,23 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
   model.init(tc.seed());  // on the CPU, identically on every rank, then to the training device
   if (!device.is_cpu()) model.to(device);
   AdamW optimizer(model.parameters(), cfg.optimizer());
+  // Resume: the newest complete checkpoint of the output dir, or checkpoint.resume_from.
+  const checkpoint::TrainingState state{cfg, grid, model, &optimizer};
+  const std::string resume_from = checkpoint::resume_path(cfg);
+  const int64_t first_step =
+      resume_from.empty() ? 0 : checkpoint::load_checkpoint(state, resume_from);
+  const int64_t end_step = tc.stop_after_steps() > 0
+                               ? std::min<int64_t>(tc.steps(), first_step + tc.stop_after_steps())
+                               : int64_t(tc.steps());
+  std::ofstream metrics;  // a resumed run appends to the metrics of the steps before
+  if (leader) {
+    if (first_step > 0) keep_metrics_up_to(out_dir / "metrics.jsonl", first_step);
+    metrics.open(out_dir / "metrics.jsonl", first_step > 0 ? std::ios::app : std::ios::trunc);
+    LINEA_USER_CHECK(metrics.good(), "check that train.output_dir is writable")
+        << "cannot write " << (out_dir / "metrics.jsonl").string();
+  }
+  const int eval_every = cfg.eval().every_steps(), save_every = cfg.checkpoint().every_steps();
+  const auto valid = eval_every > 0 ? data::make_dataset(cfg, data::Split::kValid) : nullptr;
   const ModelSize size = count_model_size(cfg);
   const double mfu_flops_per_token = 6.0 * static_cast<double>(size.active_without_embedding);
   const int64_t total_parameters = parallel::count_parameters(model.parameters(), grid);
@@ -122,8 +152,9 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
 
   TrainSummary summary;
   summary.num_parameters = total_parameters;
+  summary.first_step = first_step;
   const int accum = tc.grad_accum_steps();
-  for (int64_t step = 0; step < tc.steps(); ++step) {
+  for (int64_t step = first_step; step < end_step; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     // Profiling runs (LINEA_PHASE_TIMES=1): per-phase times of this step (core/util/phase_times.h).
     PhaseTimes times;
@@ -256,7 +287,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       comm_text += fmt::format(" {} {}", name, d);
     }
     const bool log_now =
-        step == 0 || (step + 1) % cfg.logging().every_steps() == 0 || step + 1 == tc.steps();
+        step == first_step || (step + 1) % cfg.logging().every_steps() == 0 || step + 1 == end_step;
     if (log_now) {
       const std::string moe_text =
           has_moe ? fmt::format(
@@ -308,6 +339,26 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
         metrics << j.dump() << "\n" << std::flush;
       }
     }
+
+    // ---- after the step: validation, checkpoint -----------------------------------------------
+    const int64_t done = step + 1;
+    if (eval_every > 0 && (done % eval_every == 0 || done == tc.steps())) {
+      const EvalResult v = evaluate(cfg, grid, model, *valid);
+      spdlog::info("step {:>5}/{} | val_loss {:.4f} | val_ppl {:.3f} | {} tokens", done, tc.steps(),
+                   v.loss, v.perplexity, v.tokens);
+      if (leader)
+        metrics << nlohmann::json{{"step", done},
+                                  {"val_loss", v.loss},
+                                  {"val_ppl", v.perplexity},
+                                  {"val_tokens", v.tokens}}
+                       .dump()
+                << "\n"
+                << std::flush;
+    }
+    const bool stopping = done == end_step && done < tc.steps();  // train.stop_after_steps
+    const bool saved_now =
+        stopping || (save_every > 0 && (done % save_every == 0 || done == tc.steps()));
+    if (saved_now) checkpoint::save_checkpoint(state, done);
     if (profile) {
       last_phase_table = fmt::format("phase times of step {} ({:.3f} s, {:.3f} s in phases):\n{}",
                                      step + 1, secs, times.total_s(), times.table());
@@ -320,6 +371,7 @@ TrainSummary train(const config::Config& cfg, parallel::Communicator& world) {
       spdlog::warn("signal {} received: stopping after step {} of {}", static_cast<int>(sig),
                    step + 1, tc.steps());
       summary.stopped_by_signal = static_cast<int>(sig);
+      if (!saved_now) checkpoint::save_checkpoint(state, done);  // resume continues from here
       break;
     }
   }

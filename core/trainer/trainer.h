@@ -5,7 +5,15 @@
 //
 // Writes into train.output_dir (rank 0): config.pbtxt (the resolved config) and metrics.jsonl (one
 // JSON object per logged step: step, loss, lr, grad_norm, tokens_per_s, step_time_s, tokens,
-// comm_bytes, peak_rss_mb).
+// comm_bytes, peak_rss_mb; with eval.every_steps also lines of step, val_loss, val_ppl,
+// val_tokens).
+//
+// Checkpoints (core/checkpoint/checkpoint.h): before the loop the run resumes from
+// checkpoint.resume_from or the newest complete checkpoint of train.output_dir/checkpoints (the
+// loop then starts at its step; metrics.jsonl keeps its lines up to that step and is appended
+// to); after a step it saves every checkpoint.every_steps steps, after the last step, and when
+// train.stop_after_steps ends the run early. checkpoint::save_checkpoint(state, step) saves on
+// demand (collective).
 #pragma once
 
 #include <vector>
@@ -16,7 +24,8 @@
 namespace linea {
 
 struct TrainSummary {
-  std::vector<double> losses;  // one per step (every step, not only logged ones)
+  int64_t first_step = 0;      // the step this run started at (> 0 when it resumed)
+  std::vector<double> losses;  // one per step of this run: losses[i] is step first_step + i
   // MoE aux + z loss per step (mean over micro-batches and ranks; 0 without MoE layers).
   std::vector<double> aux_losses;
   int64_t num_parameters = 0;
