@@ -3,11 +3,12 @@
 #   1. a NaN injected into rank 0's gradient at step 4 is caught on both ranks (the gradient norm is
 #      global), the step is skipped and counted; with train.nonfinite = stop the run fails naming
 #      the step;
-#   2. SIGTERM to every rank mid-run: all ranks finish the same step, stop, and the job exits 0;
+#   2. SIGTERM to every rank mid-run: all ranks finish the same step, write a complete checkpoint of
+#      it, stop, and the job exits 0; the rerun resumes from that checkpoint;
 #   3. a rank stopped mid-run (SIGSTOP: it hangs without dying) makes the other rank's collective
 #      time out (parallel.collective_timeout_s = 5): the job exits non-zero within seconds, with
 #      the operation and group in the message; a rank killed mid-run (SIGKILL) ends the job
-#      non-zero too.
+#      non-zero too; with checkpoint.every_steps = 2 the rerun resumes from the last checkpoint.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh" "$@"
 data=$(corpus)
@@ -50,14 +51,22 @@ grep -q "stopping after step" "$WORK/term.log" || fail "no 'stopping after step'
 steps=$(wc -l <"$WORK/term/metrics.jsonl")
 [ "$steps" -lt 100000 ] || fail "the run did not stop early"
 echo "SIGTERM: stopped cleanly after step $steps, exit 0"
+ck="$WORK/term/checkpoints/step-$steps"
+[ -f "$ck/COMPLETE" ] || fail "SIGTERM: no complete checkpoint $ck ($(ls "$WORK/term/checkpoints" 2>&1))"
+mpi --set train.steps=$((steps + 2)) --set train.output_dir="$WORK/term" >"$WORK/term2.log" 2>&1 ||
+  { tail -20 "$WORK/term2.log"; fail "SIGTERM: the rerun failed"; }
+grep -q "resumed from .*step-$steps (step $steps" "$WORK/term2.log" ||
+  fail "SIGTERM: the rerun did not resume from step $steps: $(grep -m1 checkpoint "$WORK/term2.log")"
+[ "$(wc -l <"$WORK/term/metrics.jsonl")" = $((steps + 2)) ] || fail "SIGTERM: metrics after the rerun"
+echo "SIGTERM: checkpoint step-$steps complete; the rerun resumed from it and trained 2 more steps"
 
 # 3. a hung rank, then a killed rank
 for how in STOP KILL; do
   mpi --set train.steps=100000 --set parallel.collective_timeout_s=5 \
-    --set train.output_dir="$WORK/$how" >"$WORK/$how.log" 2>&1 &
+    --set checkpoint.every_steps=2 --set train.output_dir="$WORK/$how" >"$WORK/$how.log" 2>&1 &
   job=$!
   for _ in $(seq 600); do
-    [ -s "$WORK/$how/metrics.jsonl" ] && break
+    [ -f "$WORK/$how/checkpoints/step-2/COMPLETE" ] && break
     sleep 0.1
   done
   victim=$(ranks_of $job | tail -1)
@@ -77,4 +86,12 @@ for how in STOP KILL; do
     grep "did not finish" "$WORK/$how.log" | head -1
   fi
   echo "SIG$how on one rank: the job ended with code $rc after $waited s"
+  last=$(ls "$WORK/$how/checkpoints" | sed -n 's/^step-\([0-9]*\)$/\1/p' | sort -n | tail -1)
+  [ -n "$last" ] || fail "$how: no checkpoint before the fault"
+  mpi --set train.steps=$((last + 1)) --set checkpoint.every_steps=2 \
+    --set train.output_dir="$WORK/$how" >"$WORK/$how.rerun.log" 2>&1 ||
+    { tail -20 "$WORK/$how.rerun.log"; fail "$how: the rerun failed"; }
+  grep -q "resumed from .*step-$last (step $last" "$WORK/$how.rerun.log" ||
+    fail "$how: the rerun did not resume from step $last"
+  echo "SIG$how: the rerun resumed from checkpoint step-$last"
 done
