@@ -8,6 +8,7 @@
 #include <limits>
 #include <system_error>
 
+#include "core/data/file_replace.h"
 #include "core/util/check.h"
 
 namespace linea::data {
@@ -84,37 +85,6 @@ void put_bytes(std::string& out, const void* p, size_t n) {
 template <typename T>
 void put(std::string& out, T v) {
   put_bytes(out, &v, sizeof(T));
-}
-
-// Writes `bytes` (from `fill`, called with the stream) to path + ".tmp"; the caller renames.
-template <typename Fill>
-std::string write_tmp(const std::string& path, Fill fill) {
-  const std::string tmp = path + ".tmp";
-  std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-  LINEA_USER_CHECK(f.is_open(), "check that the output directory exists and is writable")
-      << "cannot open " << tmp << " for writing (Megatron dataset file " << path << ")";
-  fill(f);
-  f.flush();
-  const bool ok = f.good();
-  f.close();
-  if (!ok || f.fail()) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    LINEA_USER_CHECK(false, "check free disk space and permissions, then run again")
-        << "writing " << tmp << " failed (Megatron dataset file " << path << ")";
-  }
-  return tmp;
-}
-
-void commit(const std::string& tmp, const std::string& path) {
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    LINEA_USER_CHECK(false, "check permissions of the output directory")
-        << "cannot rename " << tmp << " to " << path << ": " << ec.message();
-  }
 }
 
 }  // namespace
@@ -329,26 +299,28 @@ void write_megatron_indexed(const std::string& prefix, const std::vector<int32_t
         << "cannot create the directory of " << prefix << ".bin: " << ec.message();
   }
   const std::string bin_path = prefix + ".bin", idx_path = prefix + ".idx";
-  const std::string bin_tmp = write_tmp(bin_path, [&](std::ofstream& f) {
-    std::string chunk;
-    for (uint64_t begin = 0; begin < n; begin += kChunkTokens) {
-      chunk.clear();
-      for (uint64_t i = begin; i < std::min(n, begin + kChunkTokens); ++i) {
-        if (width == 2) {
-          put<uint16_t>(chunk, static_cast<uint16_t>(tokens[i]));
-        } else {
-          put<int32_t>(chunk, tokens[i]);
+  const std::string bin_tmp =
+      write_beside(bin_path, "Megatron dataset file", [&](std::ofstream& f) {
+        std::string chunk;
+        for (uint64_t begin = 0; begin < n; begin += kChunkTokens) {
+          chunk.clear();
+          for (uint64_t i = begin; i < std::min(n, begin + kChunkTokens); ++i) {
+            if (width == 2) {
+              put<uint16_t>(chunk, static_cast<uint16_t>(tokens[i]));
+            } else {
+              put<int32_t>(chunk, tokens[i]);
+            }
+          }
+          f.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
         }
-      }
-      f.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    }
-  });
-  const std::string idx_tmp = write_tmp(idx_path, [&](std::ofstream& f) {
-    f.write(idx_bytes.data(), static_cast<std::streamsize>(idx_bytes.size()));
-  });
+      });
+  const std::string idx_tmp =
+      write_beside(idx_path, "Megatron dataset file", [&](std::ofstream& f) {
+        f.write(idx_bytes.data(), static_cast<std::streamsize>(idx_bytes.size()));
+      });
   // The index last: a reader that sees the new index also sees the new data.
-  commit(bin_tmp, bin_path);
-  commit(idx_tmp, idx_path);
+  replace_with(bin_tmp, bin_path);
+  replace_with(idx_tmp, idx_path);
 }
 
 }  // namespace linea::data

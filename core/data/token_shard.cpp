@@ -8,6 +8,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "core/data/file_replace.h"
 #include "core/data/tokenizer.h"
 #include "core/util/check.h"
 
@@ -76,13 +77,8 @@ void write_token_shard(const std::string& path, const TokenShard& shard) {
     LINEA_USER_CHECK(!ec, "check that the output directory is writable")
         << "cannot create the directory of " << path << ": " << ec.message();
   }
-  // A crash or a full disk must never leave a half-written file under the final name, where a
-  // later run would take it for a corpus: write beside it, then rename (atomic on POSIX).
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LINEA_USER_CHECK(f.is_open(), "check that the output directory exists and is writable")
-        << "cannot open " << tmp << " for writing (token shard " << path << ")";
+  // Written beside the final name, then renamed over it (file_replace.h).
+  const std::string tmp = write_beside(path, "token shard", [&](std::ofstream& f) {
     std::string header(kMagic, sizeof(kMagic));
     put_u32(header, kVersion);
     put_u32(header, width);
@@ -108,24 +104,8 @@ void write_token_shard(const std::string& path, const TokenShard& shard) {
       }
       write_all(f, chunk);
     }
-    f.flush();
-    const bool ok = f.good();
-    f.close();
-    if (!ok || f.fail()) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      LINEA_USER_CHECK(false, "check free disk space and permissions, then run again")
-          << "writing " << tmp << " failed (token shard " << path << ")";
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    LINEA_USER_CHECK(false, "check permissions of the output directory")
-        << "cannot rename " << tmp << " to " << path << ": " << ec.message();
-  }
+  });
+  replace_with(tmp, path);
 }
 
 TokenShard read_token_shard(const std::string& path) {
