@@ -21,7 +21,8 @@
 //    and S_next = diag(exp(b_C)) S_prev diag(exp(bv_C)) + sum_s k~_s^T v~_s with
 //    k~_s = k_s exp(b_C - b_s), v~_s = v_s exp(bv_C - bv_s). No loop over tokens carries the state.
 // Both take an optional incoming state and return the final state when asked (undefined tensor =
-// zero / not wanted).
+// zero / not wanted). The chunked form also takes o undefined: then only the final state is made
+// (the state pass of LASP-2, parallel/lasp2.h), which must then be wanted.
 //
 // Segment transition (LASP-2): a segment maps its incoming state to its outgoing one by
 //   S_out = diag(exp(A_k)) S_in diag(exp(A_v)) + B,

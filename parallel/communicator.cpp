@@ -31,6 +31,17 @@ double Communicator::all_reduce_scalar(double v, ReduceOp op) {
 }
 
 namespace {
+struct FinishedCollective final : PendingCollective {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::all_gather_async(const Tensor& in, Tensor& out) {
+  all_gather(in, out);
+  return std::make_unique<FinishedCollective>();
+}
+
+namespace {
 // Copies unless `out` already is `in` (an in-place call).
 void copy_unless_same(const Tensor& in, Tensor& out) {
   if (in.nbytes() && in.raw() != out.raw()) out.copy_from(in);

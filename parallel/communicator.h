@@ -56,6 +56,17 @@ struct CommStats {
   void reset() { *this = CommStats{}; }
 };
 
+// A collective in flight (Communicator::all_gather_async). wait() orders the caller's later work
+// after it: on NCCL the device's current stream waits for the communicator's side stream (the
+// host does not block); the MPI and single-rank backends finish the collective inside the call,
+// so their wait() has nothing left to do. The pending object keeps the buffers alive until then;
+// destroying it without wait() waits.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -71,6 +82,11 @@ class Communicator {
   // out = concatenation of every rank's `in` along the leading dimension, in rank order;
   // out.numel() == size() * in.numel().
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
+  // all_gather that may still be moving data when it returns: work queued on the current stream
+  // before the call is what it sends; `out` may be read only after wait(). Until then the caller
+  // issues no other collective on this group (LASP-2 overlaps it with the scan from a zero state).
+  // The default runs all_gather and returns a finished collective.
+  virtual std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out);
   // in.numel() == size() * out.numel(); rank r gets the reduction of every rank's r-th block.
   virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op = ReduceOp::kSum) = 0;
   // Rows of `in` (leading dimension) go to ranks by send_counts (in rank order); `out` receives

@@ -86,17 +86,118 @@ Tensor add_to_tail(const Tensor& x, const Tensor& d) {
 
 }  // namespace
 
+// The per-core gathers of one wrapped mixer (core/modules/mixers/state_exchange.h). One slot per
+// core call of the forward, in call order; the backward finds its slot's transitions there.
+class Lasp2Exchange final : public StateExchange {
+ public:
+  Lasp2Exchange(Communicator& sp, const std::string& name) : sp_(sp), name_(name) {}
+
+  // A new forward: the slots of the last one are dropped.
+  void reset() {
+    slots_.clear();
+    elements_ = 0;
+  }
+  int64_t forward_elements() const { return elements_; }
+
+  int post(const Transition& a, const Tensor& b) override {
+    Slot s;
+    s.like = {a};
+    s.templates = gather_parts(&s.like, {b});
+    const Tensor flat = pack(s.templates);
+    s.n = flat.numel();
+    s.all = Tensor::empty({sp_.size() * s.n}, flat.dtype(), flat.device());
+    s.pending = sp_.all_gather_async(flat, s.all);
+    elements_ += s.n;
+    slots_.push_back(std::move(s));
+    return static_cast<int>(slots_.size()) - 1;
+  }
+
+  Tensor incoming(int slot) override {
+    Slot& s = at(slot);
+    LINEA_CHECK(s.pending) << name_ << ": the incoming state of slot " << slot << " was taken";
+    s.pending->wait();
+    s.pending.reset();
+    const int r = sp_.rank(), W = sp_.size();
+    s.transitions.assign(W, Transition());
+    Tensor s_in;
+    for (int q = 0; q < W; ++q) {
+      if (q == r) continue;  // its own block serves neither its prefix nor its backward
+      std::vector<Transition> tr;
+      std::vector<Tensor> b;
+      split_parts(unpack(s.all.slice(q * s.n, (q + 1) * s.n), s.templates), s.like, &tr, &b);
+      if (q > r) {
+        s.transitions[q] = tr[0];  // for the backward's reverse composition
+      } else if (q < r) {
+        if (s_in.defined()) {
+          s_in = transition_apply(tr[0], s_in);
+          kernels::add_inplace(s_in, b[0]);
+        } else {
+          s_in = b[0];
+        }
+      }
+    }
+    s.all = Tensor();
+    return s_in;
+  }
+
+  Tensor d_final(int slot, const Tensor& c) override {
+    Slot& s = at(slot);
+    LINEA_CHECK(!s.pending) << name_ << ": slot " << slot << " was never completed by incoming()";
+    const int r = sp_.rank(), W = sp_.size();
+    const int64_t n = c.numel();
+    Tensor all = Tensor::empty({W * n}, c.dtype(), c.device());
+    sp_.all_gather(c.view({-1}), all);
+    Tensor ds;
+    for (int q = W - 1; q > r; --q) {
+      Tensor cq = Tensor::empty(c.shape(), c.dtype(), c.device());
+      cq.view({-1}).copy_from(all.slice(q * n, (q + 1) * n));
+      if (ds.defined()) {
+        ds = transition_apply_transpose(s.transitions[q], ds);
+        kernels::add_inplace(ds, cq);
+      } else {
+        ds = cq;
+      }
+    }
+    s.transitions.clear();
+    return ds;
+  }
+
+ private:
+  struct Slot {
+    std::vector<Transition> like;   // this rank's transition, the shape of every rank's
+    std::vector<Tensor> templates;  // the parts of one rank's block, in gather_parts order
+    int64_t n = 0;                  // elements per rank
+    Tensor all;                     // the gathered blocks until incoming()
+    std::unique_ptr<PendingCollective> pending;
+    std::vector<Transition> transitions;  // [rank], defined for the later ranks
+  };
+  Slot& at(int slot) {
+    LINEA_CHECK(slot >= 0 && slot < static_cast<int>(slots_.size()))
+        << name_ << ": no exchange slot " << slot << " (" << slots_.size()
+        << " in the last forward): the backward must follow the forward that made it";
+    return slots_[slot];
+  }
+
+  Communicator& sp_;
+  std::string name_;
+  std::vector<Slot> slots_;
+  int64_t elements_ = 0;
+};
+
 Lasp2Mixer::Lasp2Mixer(std::unique_ptr<TokenMixer> inner, Communicator& sp, std::string name)
-    : inner_(std::move(inner)), sp_(sp), name_(std::move(name)) {
+    : inner_(std::move(inner)),
+      sp_(sp),
+      name_(std::move(name)),
+      exchange_(std::make_unique<Lasp2Exchange>(sp_, name_)) {
   LINEA_CHECK(inner_->num_states() > 0)
       << name_ << ": LASP-2 wraps linear mixers (softmax attention uses LASP-2H)";
 }
 
-SegmentIn Lasp2Mixer::segment_in(const std::vector<Tensor>& states) const {
-  SegmentIn in;
-  in.states = states;
-  in.halo = halo_;
-  return in;
+Lasp2Mixer::~Lasp2Mixer() = default;
+
+void Lasp2Mixer::release_saved() {
+  inner_->release_saved();
+  exchange_->reset();
 }
 
 Tensor Lasp2Mixer::exchange_halo(const Tensor& x) {
@@ -132,36 +233,17 @@ void Lasp2Mixer::return_halo_grad(const Tensor& d_halo, Tensor& dx) {
 Tensor Lasp2Mixer::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
   LINEA_CHECK(in.states.empty() && !in.halo.defined() && out == nullptr)
       << name_ << ": a sequence-parallel mixer runs whole sequences";
-  const int r = sp_.rank(), W = sp_.size();
-  x_ = x;
-  halo_ = exchange_halo(x);
-  SegmentOut local;
-  Tensor y = inner_->forward_segment(x, segment_in({}), &local);
-
-  const Tensor flat = pack(gather_parts(&local.transitions, local.final_states));
-  const int64_t n = flat.numel();
-  payload_elements_ = n;
-  Tensor all = Tensor::empty({W * n}, flat.dtype(), flat.device());
-  sp_.all_gather(flat, all);
-  const std::vector<Tensor> templates = gather_parts(&local.transitions, local.final_states);
-  all_transitions_.assign(W, {});
-  std::vector<std::vector<Tensor>> b(W);
-  for (int q = 0; q < W; ++q)
-    split_parts(unpack(all.slice(q * n, (q + 1) * n), templates), local.transitions,
-                &all_transitions_[q], &b[q]);
-
-  s_in_.clear();
-  if (r > 0) {
-    s_in_ = b[0];
-    for (int q = 1; q < r; ++q)
-      for (size_t i = 0; i < s_in_.size(); ++i) {
-        s_in_[i] = transition_apply(all_transitions_[q][i], s_in_[i]);
-        kernels::add_inplace(s_in_[i], b[q][i]);
-      }
-    y = inner_->forward_segment(x, segment_in(s_in_), nullptr);
+  SegmentIn local;
+  local.halo = exchange_halo(x);
+  exchange_->reset();
+  Tensor y;
+  {
+    const ExchangeScope scope(exchange_.get());
+    y = inner_->forward_segment(x, local, nullptr);
   }
-  spdlog::debug("lasp2 {}: gathered {} elements per rank ({} bytes), halo {} rows", name_, n,
-                n * static_cast<int64_t>(dtype_size(flat.dtype())), inner_->halo_size());
+  payload_elements_ = exchange_->forward_elements();
+  spdlog::debug("lasp2 {}: gathered {} elements per rank, halo {} rows", name_, payload_elements_,
+                inner_->halo_size());
   return y;
 }
 
@@ -169,39 +251,14 @@ Tensor Lasp2Mixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
                                     SegmentGradOut* out) {
   LINEA_CHECK(in.d_final_states.empty() && out == nullptr)
       << name_ << ": a sequence-parallel mixer runs whole sequences";
-  const int r = sp_.rank(), W = sp_.size();
-  SegmentGradOut g1;
-  Tensor dx = inner_->backward_segment(dy, SegmentGradIn{}, &g1);
-  Tensor d_halo = g1.d_halo;
-
-  const Tensor flat = pack(gather_parts(nullptr, g1.d_states));
-  const int64_t n = flat.numel();
-  Tensor all = Tensor::empty({W * n}, flat.dtype(), flat.device());
-  sp_.all_gather(flat, all);
-
-  if (r < W - 1) {
-    std::vector<std::vector<Tensor>> c(W);
-    for (int q = r + 1; q < W; ++q)
-      split_parts(unpack(all.slice(q * n, (q + 1) * n), g1.d_states), all_transitions_[q], nullptr,
-                  &c[q]);
-    std::vector<Tensor> ds = c[W - 1];
-    for (int q = W - 2; q > r; --q)
-      for (size_t i = 0; i < ds.size(); ++i) {
-        ds[i] = transition_apply_transpose(all_transitions_[q][i], ds[i]);
-        kernels::add_inplace(ds[i], c[q][i]);
-      }
-    inner_->forward_segment(x_, segment_in(s_in_), nullptr);
-    SegmentGradIn gin;
-    gin.d_final_states = ds;
-    SegmentGradOut g2;
-    kernels::add_inplace(
-        dx, inner_->backward_segment(Tensor::zeros(dy.shape(), dy.dtype(), dy.device()), gin, &g2));
-    if (d_halo.defined()) kernels::add_inplace(d_halo, g2.d_halo);
+  SegmentGradOut g;
+  Tensor dx;
+  {
+    const ExchangeScope scope(exchange_.get());
+    dx = inner_->backward_segment(dy, SegmentGradIn{}, &g);
   }
-  return_halo_grad(d_halo, dx);
-  x_ = halo_ = Tensor();
-  s_in_.clear();
-  all_transitions_.clear();
+  return_halo_grad(g.d_halo, dx);
+  exchange_->reset();
   return dx;
 }
 

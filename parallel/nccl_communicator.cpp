@@ -1,5 +1,6 @@
 #include "parallel/nccl_communicator.h"
 
+#include <cuda_runtime_api.h>
 #include <nccl.h>
 
 #include <cstring>
@@ -67,7 +68,9 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, std::string name
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (comm_) ncclCommDestroy(comm_);  // no throwing from a destructor; errors are moot here
+  // No throwing from a destructor; errors are moot here.
+  if (side_stream_) cudaStreamDestroy(side_stream_);
+  if (comm_) ncclCommDestroy(comm_);
 }
 
 void NcclCommunicator::check_device_tensor(const char* op, const Tensor& t, bool reduces) const {
@@ -120,6 +123,62 @@ void NcclCommunicator::all_gather(const Tensor& in, Tensor& out) {
   NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), static_cast<size_t>(in.numel()),
                            nccl_type(in.dtype()), comm_, cuda::current_stream(device_)));
   stats_.add(CollectiveKind::kAllGather, in.nbytes() * static_cast<uint64_t>(size_ - 1));
+}
+
+namespace {
+// An all_gather queued on the side stream: `done` marks its end there.
+class NcclPending final : public PendingCollective {
+ public:
+  NcclPending(int device, cudaEvent_t done, Tensor in, Tensor out)
+      : device_(device), done_(done), in_(std::move(in)), out_(std::move(out)) {}
+  ~NcclPending() override {
+    if (done_) {
+      cuda::DeviceGuard guard(device_);
+      cudaStreamWaitEvent(cuda::current_stream(device_), done_, 0);
+      cudaEventDestroy(done_);
+    }
+  }
+  void wait() override {
+    if (!done_) return;
+    cuda::DeviceGuard guard(device_);
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::current_stream(device_), done_, 0));
+    CUDA_CHECK(cudaEventDestroy(done_));
+    done_ = nullptr;
+    // From here the current stream is ordered after the gather, so the caching allocator may
+    // hand the buffers out again on it.
+    in_ = out_ = Tensor();
+  }
+
+ private:
+  int device_;
+  cudaEvent_t done_;
+  Tensor in_, out_;
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> NcclCommunicator::all_gather_async(const Tensor& in,
+                                                                      Tensor& out) {
+  if (on_host(in) || on_host(out)) return Communicator::all_gather_async(in, out);
+  const CollectiveWatchdog::Watch watch(watchdog_, "all_gather", name_);
+  check_device_tensor("all_gather", in, false);
+  check_device_tensor("all_gather", out, false);
+  detail::check_same_dtype("all_gather", name_, in, out);
+  detail::check_gather_sizes("all_gather", name_, size_, in, out);
+  detail::gather_in_place(name_, rank_, in, out);
+  cuda::DeviceGuard guard(device_);
+  if (!side_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
+  const cudaStream_t compute = cuda::current_stream(device_);
+  cudaEvent_t ready = nullptr, done = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(ready, compute));
+  CUDA_CHECK(cudaStreamWaitEvent(side_stream_, ready, 0));
+  CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait has been satisfied
+  NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), static_cast<size_t>(in.numel()),
+                           nccl_type(in.dtype()), comm_, side_stream_));
+  CUDA_CHECK(cudaEventRecord(done, side_stream_));
+  stats_.add(CollectiveKind::kAllGather, in.nbytes() * static_cast<uint64_t>(size_ - 1));
+  return std::make_unique<NcclPending>(device_, done, in, out);
 }
 
 void NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {

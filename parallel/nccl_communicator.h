@@ -25,6 +25,7 @@
 #include "parallel/communicator.h"
 
 typedef struct ncclComm* ncclComm_t;
+typedef struct CUstream_st* cudaStream_t;
 
 namespace linea::parallel {
 
@@ -46,6 +47,10 @@ class NcclCommunicator final : public Communicator {
   void all_reduce(Tensor& t, ReduceOp op) override;
   // `in` may be this rank's block of `out` (NCCL's in-place form).
   void all_gather(const Tensor& in, Tensor& out) override;
+  // On the communicator's own stream (created on first use), after the work queued so far on
+  // the device's current stream; wait() makes the current stream wait for it. Host tensors are
+  // staged and gathered at once.
+  std::unique_ptr<PendingCollective> all_gather_async(const Tensor& in, Tensor& out) override;
   void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
   void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
                     const std::vector<int64_t>& recv_counts) override;
@@ -64,6 +69,7 @@ class NcclCommunicator final : public Communicator {
   int device_;
   std::string name_;
   int rank_ = 0, size_ = 1;
+  cudaStream_t side_stream_ = nullptr;  // all_gather_async
 };
 
 }  // namespace linea::parallel

@@ -292,9 +292,9 @@ void chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Te
         gather(V, t0, C, Dv, tl.v.data());
         load_decay(Gk, t0, C, ck);
         load_decay(Gv, t0, C, cv);
-        chunk_output(tl, ck, cv, S.data(), scale, C, Dk, Dv);
+        if (o.defined()) chunk_output(tl, ck, cv, S.data(), scale, C, Dk, Dv);
         chunk_advance_state(tl, ck, cv, C, Dk, Dv, S.data());
-        scatter(tl.o.data(), t0, C, Dv, O);
+        if (o.defined()) scatter(tl.o.data(), t0, C, Dv, O);
       }
       if (final_state.defined()) store_state(S.data(), b, h, d.Dk * d.Dv, final_state);
     }
@@ -505,8 +505,10 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
   const Decay gk_kind = check_key_gate(gk, d, q.dtype(), op);
   const Decay gv_kind = check_value_gate(gv, d, q.dtype(), op);
   check_optional_state(initial_state, d, q.dtype(), op, "initial_state");
-  check_operand(o, v.shape(), q.dtype(), op, "o");
+  if (o.defined()) check_operand(o, v.shape(), q.dtype(), op, "o");
   check_optional_state(final_state, d, q.dtype(), op, "final_state");
+  LINEA_CHECK(o.defined() || final_state.defined())
+      << op << ": neither o nor final_state is wanted";
   cpu::dispatch_float(q.dtype(), [&](auto zero) {
     using T = decltype(zero);
     chunked_forward<T>(q, k, v, gk, gv, gk_kind, gv_kind, static_cast<T>(scale), chunk, d,

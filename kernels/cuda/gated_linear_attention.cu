@@ -175,10 +175,13 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
   const char* op = "gated_linear_attention_chunked_forward (CUDA)";
   const Dims d = check_args(q, k, v, gk, gv, initial_state, op);
   LINEA_CHECK(chunk > 0) << op << ": chunk = " << chunk << " must be positive";
-  check_out(o, v.shape(), op, "o");
+  if (o.defined()) check_out(o, v.shape(), op, "o");
   check_state_out(final_state, d, op, "final_state");
+  LINEA_CHECK(o.defined() || final_state.defined())
+      << op << ": neither o nor final_state is wanted";
   if (gk.defined() && gk.ndim() == 4) {
-    LINEA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype() && o.dtype() == q.dtype())
+    LINEA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype() &&
+                (!o.defined() || o.dtype() == q.dtype()))
         << op << ": the vector-decay scan takes q, k, v, o of one dtype; got q " << describe(q)
         << ", k " << describe(k) << ", v " << describe(v) << ", o " << describe(o);
     vector_decay_scan_forward(q, k, v, gk, static_cast<float>(scale), initial_state, o,
@@ -186,7 +189,7 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
     return;
   }
   const Tensor qb = as_bf16(q), kb = as_bf16(k), vb = as_bf16(v);
-  ChunkScanArgs a = scan_args(d, d.Dk, d.Dv, qb, kb, vb, &o, gk);
+  ChunkScanArgs a = scan_args(d, d.Dk, d.Dv, qb, kb, vb, o.defined() ? &o : nullptr, gk);
   a.out_scale = static_cast<float>(scale);
   a.initial_state = initial_state.defined() ? initial_state.data<float>() : nullptr;
   a.final_state = final_state.defined() ? final_state.data<float>() : nullptr;

@@ -166,6 +166,13 @@ void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv
 void gated_linear_attention_apply_transition(const Tensor& log_decay_k, const Tensor& log_decay_v,
                                              const Tensor& s, Tensor& out);
 
+// kernels/state_output.h: the exp cumulative decays in blocks of tokens, then one f32 cuBLAS GEMM
+// a head; q, o, d_o f32 or bf16; gates and states f32.
+void state_output_forward(const Tensor& q, const Tensor& gk, const Tensor& gv, double scale,
+                          const Tensor& s, Tensor& o);
+void state_output_state_grad(const Tensor& q, const Tensor& gk, const Tensor& gv, double scale,
+                             const Tensor& d_o, Tensor& ds);
+
 // kernels/adamw.h (f32 master weights and moments; gradient f32 or bf16).
 void adamw_step(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWStep& s);
 

@@ -309,6 +309,7 @@ void vector_decay_scan_forward(const Tensor& q, const Tensor& k, const Tensor& v
     using T = decltype(tag);
     forward_states<T>(k, v, gk, d, initial_state,
                       final_state.defined() ? final_state.data<float>() : nullptr, states, G, dev);
+    if (!o.defined()) return;  // only the final state
     allow_smem(chunk_output_kernel<T>, output_smem(d));
     chunk_output_kernel<T><<<dim3(d.NC, d.B * d.H), kThreads, output_smem(d), dev.stream>>>(
         ptr<T>(q), ptr<T>(k), ptr<T>(v), gk.data<float>(), states.data<float>(), d, scale,

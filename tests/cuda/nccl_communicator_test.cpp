@@ -5,6 +5,7 @@
 #include "parallel/nccl_communicator.h"
 
 #include "core/tensor/cuda_stream.h"
+#include "kernels/matmul.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace linea {
@@ -40,6 +41,33 @@ TEST(NcclCommunicator, OneRankCollectivesAreCopies) {
   // Host scalars go through the device.
   EXPECT_EQ(nccl->all_reduce_scalar(2.5), 2.5);
   nccl->barrier();
+}
+
+// all_gather_async runs on the communicator's side stream: it sends what the current stream wrote
+// before the call (the fill queued just before it, behind a long GEMM), and after wait() work on
+// the current stream sees the result; a pending gather dropped without wait() still orders it.
+TEST(NcclCommunicator, AsyncAllGatherIsOrderedWithTheCurrentStream) {
+  LINEA_REQUIRE_CUDA();
+  parallel::SelfCommunicator self;
+  auto nccl = parallel::NcclCommunicator::create(self, 0, "sp");
+  const Tensor a = random_cuda({2048, 2048}, 1, DType::kF32);
+  for (int round = 0; round < 3; ++round) {
+    Tensor busy = Tensor::empty({2048, 2048}, DType::kF32, Device::cuda(0));
+    kernels::gemm(a, false, a, false, busy);  // keeps the current stream busy
+    Tensor x = Tensor::empty({1000}, DType::kF32, Device::cuda(0));
+    x.fill_(1.5 + round);
+    Tensor g = poisoned_cuda({1000}, DType::kF32);
+    auto pending = nccl->all_gather_async(x, g);
+    if (round == 2) {
+      pending.reset();  // dropped: the destructor orders the current stream after the gather
+    } else {
+      pending->wait();
+    }
+    Tensor h = g.clone();  // queued on the current stream after the wait
+    const Tensor hc = h.cpu();
+    for (int64_t i = 0; i < hc.numel(); ++i) ASSERT_EQ(hc.item(i), 1.5 + round) << round;
+  }
+  EXPECT_EQ(nccl->stats().calls[static_cast<int>(parallel::CollectiveKind::kAllGather)], 3u);
 }
 
 TEST(NcclCommunicator, RejectsWrongTensorsAndSplits) {

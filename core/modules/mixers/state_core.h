@@ -3,9 +3,13 @@
 // chunked kernels (or the recurrent reference when asked), and produces the final state and the
 // segment transition on request. Mixers own the projections, gates, norms around it. Runs where
 // its inputs live (CPU or CUDA); on CUDA the states and transitions are f32 (state_dtype).
+// Under an ExchangeScope (state_exchange.h, LASP-2) a core takes its incoming state from the
+// exchange instead of s_in, and the gradient of its final state from it in the backward; s_in,
+// s_out and tr must then be left out (the sequence-parallel group holds whole sequences).
 #pragma once
 
 #include "core/modules/mixers/segment.h"
+#include "core/modules/mixers/state_exchange.h"
 
 namespace linea {
 
@@ -24,12 +28,19 @@ class GlaCore {
   // ds_out undefined = zero. Releases what the forward saved. want_dgk = false skips the key
   // gate's gradient (a constant decay: Lightning, RetNet); dgk is then undefined.
   Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in, bool want_dgk = true);
-  void release_saved() { q_ = k_ = v_ = gk_ = gv_ = s_in_ = Tensor(); }
+  void release_saved() {
+    q_ = k_ = v_ = gk_ = gv_ = s_in_ = Tensor();
+    slot_ = -1;
+  }
 
  private:
+  Tensor forward_exchanged(StateExchange& ex, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& gk, const Tensor& gv, double scale, bool recurrent);
+
   int64_t chunk_;
   double scale_ = 1;
   Tensor q_, k_, v_, gk_, gv_, s_in_;
+  int slot_ = -1;  // the exchange slot of the last forward (-1: none)
 };
 
 // The dtype of the states, gates and transitions of a mixer whose q lives on `q`'s device: q's
@@ -48,12 +59,19 @@ class DeltaCore {
     Tensor dq, dk, dv, dg, dbeta, ds_in;
   };
   Grads backward(const Tensor& d_o, const Tensor& ds_out, bool want_ds_in);
-  void release_saved() { q_ = k_ = v_ = g_ = beta_ = s_in_ = Tensor(); }
+  void release_saved() {
+    q_ = k_ = v_ = g_ = beta_ = s_in_ = Tensor();
+    slot_ = -1;
+  }
 
  private:
+  Tensor forward_exchanged(StateExchange& ex, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& g, const Tensor& beta, double scale, bool recurrent);
+
   int64_t chunk_;
   double scale_ = 1;
   Tensor q_, k_, v_, g_, beta_, s_in_;
+  int slot_ = -1;
 };
 
 // The chunk used for a segment of T tokens: the configured chunk when it divides T, else T itself
