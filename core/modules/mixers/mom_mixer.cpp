@@ -11,6 +11,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
 #include "kernels/l2norm.h"
+#include "kernels/moe_permute.h"
 
 namespace linea {
 
@@ -34,31 +35,49 @@ Tensor activate_backward(const Tensor& p_ext, ShortConv* conv, const Tensor& dy)
 
 // compact[b, i] = full[b, rows[b][i]] for the routed tokens, zero in the padding.
 Tensor gather_time(const Tensor& full, const MemoryRoute& r) {
+  if (r.identity) return full;
   Shape s = full.shape();
-  const int64_t T = s[1];
+  const int64_t B = s[0], T = s[1];
   s[1] = r.length;
-  Tensor out = Tensor::zeros(s, full.dtype());
-  const size_t row = full.nbytes() / static_cast<size_t>(full.dim(0) * T);
-  const char* src = static_cast<const char*>(full.raw());
-  char* dst = static_cast<char*>(out.raw());
-  for (size_t b = 0; b < r.rows.size(); ++b)
-    for (size_t i = 0; i < r.rows[b].size(); ++i)
-      std::memcpy(dst + (b * r.length + i) * row, src + (b * T + r.rows[b][i]) * row, row);
+  Tensor out = Tensor::zeros(s, full.dtype(), full.device());
+  const int64_t n = r.full_index.numel();
+  if (n == 0) return out;
+  Tensor rows = Tensor::empty({n, full.numel() / (B * T)}, full.dtype(), full.device());
+  kernels::gather_rows(full.view({B * T, -1}), r.full_index, rows);
+  Tensor flat = out.view({B * r.length, -1});
+  kernels::scatter_rows(rows, r.compact_index, flat);
   return out;
 }
 
 // The adjoint of gather_time: full[b, rows[b][i]] = compact[b, i], zero at tokens not routed.
 Tensor scatter_time(const Tensor& compact, const MemoryRoute& r, int64_t T) {
+  if (r.identity) return compact;
   Shape s = compact.shape();
+  const int64_t B = s[0];
   s[1] = T;
-  Tensor out = Tensor::zeros(s, compact.dtype());
-  const size_t row = compact.nbytes() / static_cast<size_t>(compact.dim(0) * r.length);
-  const char* src = static_cast<const char*>(compact.raw());
-  char* dst = static_cast<char*>(out.raw());
-  for (size_t b = 0; b < r.rows.size(); ++b)
-    for (size_t i = 0; i < r.rows[b].size(); ++i)
-      std::memcpy(dst + (b * T + r.rows[b][i]) * row, src + (b * r.length + i) * row, row);
+  Tensor out = Tensor::zeros(s, compact.dtype(), compact.device());
+  const int64_t n = r.full_index.numel();
+  if (n == 0) return out;
+  Tensor rows =
+      Tensor::empty({n, compact.numel() / (B * r.length)}, compact.dtype(), compact.device());
+  kernels::gather_rows(compact.view({B * r.length, -1}), r.compact_index, rows);
+  Tensor flat = out.view({B * T, -1});
+  kernels::scatter_rows(rows, r.full_index, flat);
   return out;
+}
+
+// The index tensors of a route on `device` (MemoryRoute).
+void index_route(MemoryRoute& r, int64_t T, Device device) {
+  std::vector<double> full, compact;
+  for (size_t b = 0; b < r.rows.size(); ++b)
+    for (size_t i = 0; i < r.rows[b].size(); ++i) {
+      full.push_back(static_cast<double>(static_cast<int64_t>(b) * T + r.rows[b][i]));
+      compact.push_back(
+          static_cast<double>(static_cast<int64_t>(b) * r.length + static_cast<int64_t>(i)));
+    }
+  const int64_t n = static_cast<int64_t>(full.size());
+  r.full_index = Tensor::from_vector({n}, full, DType::kI64).to(device);
+  r.compact_index = Tensor::from_vector({n}, compact, DType::kI64).to(device);
 }
 
 // The compact length: every row's tokens fit, and the chunked kernels accept it (a multiple of
@@ -393,11 +412,10 @@ void MixtureOfMemories::release_saved() {
   if (out_gate_) out_gate_->release_saved();
   if (o_norm_) o_norm_->release_saved();
   o_proj_.release_saved();
-  qp_ = q_act_ = q_rstd_ = weights_ = Tensor();
+  qp_ = q_act_ = q_rstd_ = weights_ = routed_rows_ = copy_row_ = Tensor();
+  weights_host_.clear();
   chosen_.clear();
-  slot_.clear();
   routes_.clear();
-  memory_out_.clear();
 }
 
 Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut* out) {
@@ -407,17 +425,19 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
   const Tensor x_ext = prepend_halo(x, in.halo, halo);
 
   // Router: top-k of the softmax; the renormalised weights equal a softmax over the k chosen
-  // logits. Ties go to the lower memory index, so the choice is deterministic.
-  const Tensor logits = gate_.forward(x);
-  weights_ = Tensor::empty({B, T, K}, x.dtype());
+  // logits. Ties go to the lower memory index, so the choice is deterministic. The choice is made
+  // on the host from one read-back of the logits (the routes are host lists); the weights and
+  // the index tensors then go to the data's device.
+  const Tensor logits_host = gate_.forward(x).cpu().to(DType::kF64);
+  const double* lg = logits_host.data<double>();
+  weights_host_.assign(B * T * K, 0.0);
   chosen_.assign(B * T * K, 0);
-  slot_.assign(B * T * K, 0);
+  std::vector<int64_t> slot(B * T * K, 0);
   routes_.assign(memories_.size(), MemoryRoute{});
   for (auto& r : routes_) r.rows.assign(B, {});
   std::vector<int> order(M);
   for (int64_t bt = 0; bt < B * T; ++bt) {
-    std::vector<double> l(M);
-    for (int64_t m = 0; m < M; ++m) l[m] = logits.item(bt * M + m);
+    const double* l = lg + bt * M;
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + K, order.end(),
                       [&](int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
@@ -427,15 +447,27 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
       const int m = order[j];
       auto& rows = routes_[m].rows[bt / T];
       chosen_[bt * K + j] = m;
-      slot_[bt * K + j] = static_cast<int64_t>(rows.size());
+      slot[bt * K + j] = static_cast<int64_t>(rows.size());
       rows.push_back(bt % T);
-      weights_.set_item(bt * K + j, std::exp(l[m] - l[order[0]]) / z);
+      weights_host_[bt * K + j] = std::exp(l[m] - l[order[0]]) / z;
     }
   }
+  weights_ = Tensor::from_vector({B * T * K}, weights_host_, x.dtype()).to(x.device());
+  row_offset_.assign(M + 1, 0);
   for (int64_t m = 0; m < M; ++m) {
     int64_t n = 0;
     for (const auto& rows : routes_[m].rows) n = std::max<int64_t>(n, rows.size());
     routes_[m].length = padded_length(n, chunk_);
+    index_route(routes_[m], T, x.device());
+    row_offset_[m + 1] = row_offset_[m] + B * routes_[m].length;
+  }
+  {
+    std::vector<double> copy_row(B * T * K);
+    for (int64_t c = 0; c < B * T * K; ++c) {
+      const int m = chosen_[c];
+      copy_row[c] = static_cast<double>(row_offset_[m] + (c / K / T) * routes_[m].length + slot[c]);
+    }
+    copy_row_ = Tensor::from_vector({B * T * K}, copy_row, DType::kI32).to(x.device());
   }
   if (static_cast<int64_t>(memories_.size()) > M) {  // the shared memory sees every token
     auto& r = routes_[M];
@@ -444,6 +476,7 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
       std::iota(rows.begin(), rows.end(), 0);
     }
     r.length = T;
+    r.identity = true;
   }
 
   // The shared query.
@@ -458,35 +491,34 @@ Tensor MixtureOfMemories::forward_segment(const Tensor& x, const SegmentIn& in, 
 
   const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   const size_t n_mem = memories_.size();
-  memory_out_.assign(n_mem, Tensor());
+  const int64_t F = heads_ * dv_;
   if (out) {
     out->final_states.assign(n_mem, Tensor());
     out->transitions.assign(n_mem, Transition{});
   }
+  // The routed memories write their compact outputs into one stack of rows.
+  routed_rows_ = Tensor::empty({row_offset_[M], F}, x.dtype(), x.device());
+  Tensor o;
   for (size_t i = 0; i < n_mem; ++i) {
     const Tensor s_in = i < in.states.size() ? in.states[i] : Tensor();
-    memory_out_[i] = memories_[i]->forward(x_ext, x, q, routes_[i], sh, s_in, recurrent_reference_,
-                                           out ? &out->final_states[i] : nullptr,
-                                           out ? &out->transitions[i] : nullptr);
+    const Tensor mem_out = memories_[i]->forward(
+        x_ext, x, q, routes_[i], sh, s_in, recurrent_reference_,
+        out ? &out->final_states[i] : nullptr, out ? &out->transitions[i] : nullptr);
+    if (static_cast<int64_t>(i) < M) {
+      routed_rows_.slice(row_offset_[i], row_offset_[i + 1]).copy_from(mem_out.view({-1, F}));
+    } else {
+      o = mem_out.clone();  // the shared memory's output, to which the routed mix is added
+    }
   }
 
   // Mix: o_t = sum_j w_tj o^{m_j}_t (+ the shared memory's output).
-  Tensor o = n_mem > static_cast<size_t>(M) ? memory_out_[M].clone()
-                                            : Tensor::zeros({B, T, heads_, dv_}, x.dtype());
-  const int64_t F = heads_ * dv_;
-  dispatch_float(x.dtype(), [&](auto tag) {
-    using Tp = decltype(tag);
-    Tp* po = o.data<Tp>();
-    const Tp* pw = weights_.data<Tp>();
-    for (int64_t bt = 0; bt < B * T; ++bt)
-      for (int64_t j = 0; j < K; ++j) {
-        const int m = chosen_[bt * K + j];
-        const Tp* src =
-            memory_out_[m].data<Tp>() + ((bt / T) * routes_[m].length + slot_[bt * K + j]) * F;
-        const Tp w = pw[bt * K + j];
-        for (int64_t f = 0; f < F; ++f) po[bt * F + f] += w * src[f];
-      }
-  });
+  Tensor mix = Tensor::empty({B * T, F}, x.dtype(), x.device());
+  kernels::moe_unpermute_combine(routed_rows_, copy_row_, weights_, K, mix);
+  if (o.defined()) {
+    kernels::add_inplace(o, mix.view({B, T, heads_, dv_}));
+  } else {
+    o = mix.view({B, T, heads_, dv_});
+  }
 
   if (o_norm_) o = o_norm_->forward(o);
   if (out_gate_) o = out_gate_->forward(x, o);
@@ -504,42 +536,30 @@ Tensor MixtureOfMemories::backward_segment(const Tensor& dy, const SegmentGradIn
 
   // Gradients of each memory's compact outputs and of the router weights.
   const size_t n_mem = memories_.size();
+  Tensor d_rows = Tensor::zeros(routed_rows_.shape(), dy.dtype(), dy.device());
+  Tensor d_weight = Tensor::empty({B * T * K}, dy.dtype(), dy.device());
+  kernels::moe_unpermute_combine_backward(d_o.view({B * T, F}), routed_rows_, copy_row_, weights_,
+                                          K, d_rows, d_weight);
   std::vector<Tensor> d_mem(n_mem);
   for (int64_t m = 0; m < M; ++m)
-    d_mem[m] = Tensor::zeros({B, routes_[m].length, heads_, dv_}, dy.dtype());
+    d_mem[m] =
+        d_rows.slice(row_offset_[m], row_offset_[m + 1]).view({B, routes_[m].length, heads_, dv_});
   if (n_mem > static_cast<size_t>(M)) d_mem[M] = d_o;
-  Tensor d_logits = Tensor::zeros({B, T, M}, dy.dtype());
-  dispatch_float(dy.dtype(), [&](auto tag) {
-    using Tp = decltype(tag);
-    const Tp* pd = d_o.data<Tp>();
-    const Tp* pw = weights_.data<Tp>();
-    Tp* pl = d_logits.data<Tp>();
-    std::vector<double> dw(K);
-    for (int64_t bt = 0; bt < B * T; ++bt) {
-      double wdw = 0;
-      for (int64_t j = 0; j < K; ++j) {
-        const int m = chosen_[bt * K + j];
-        const int64_t at = ((bt / T) * routes_[m].length + slot_[bt * K + j]) * F;
-        const Tp* o_m = memory_out_[m].data<Tp>() + at;
-        Tp* d_m = d_mem[m].data<Tp>() + at;
-        const Tp w = pw[bt * K + j];
-        double s = 0;
-        for (int64_t f = 0; f < F; ++f) {
-          d_m[f] = w * pd[bt * F + f];
-          s += double(pd[bt * F + f]) * o_m[f];
-        }
-        dw[j] = s;
-        wdw += double(w) * s;
-      }
-      // Softmax over the chosen logits: dl_j = w_j (dw_j - sum_i w_i dw_i); others get none.
-      for (int64_t j = 0; j < K; ++j)
-        pl[bt * M + chosen_[bt * K + j]] = static_cast<Tp>(double(pw[bt * K + j]) * (dw[j] - wdw));
-    }
-  });
-  Tensor dx = gate_.backward(d_logits);
+  // Softmax over the chosen logits: dl_j = w_j (dw_j - sum_i w_i dw_i); the others get none
+  // (on the host, from one read-back of dw).
+  const Tensor dw_host = d_weight.cpu().to(DType::kF64);
+  const double* dw = dw_host.data<double>();
+  std::vector<double> dl(B * T * M, 0.0);
+  for (int64_t bt = 0; bt < B * T; ++bt) {
+    double wdw = 0;
+    for (int64_t j = 0; j < K; ++j) wdw += weights_host_[bt * K + j] * dw[bt * K + j];
+    for (int64_t j = 0; j < K; ++j)
+      dl[bt * M + chosen_[bt * K + j]] = weights_host_[bt * K + j] * (dw[bt * K + j] - wdw);
+  }
+  Tensor dx = gate_.backward(Tensor::from_vector({B, T, M}, dl, dy.dtype()).to(dy.device()));
   if (dx_gate.defined()) kernels::add_inplace(dx, dx_gate);
-  memory_out_.clear();
-  weights_ = Tensor();
+  routed_rows_ = copy_row_ = weights_ = Tensor();
+  weights_host_.clear();
 
   const MomMemory::Shared sh = memory_shared(k_conv_, v_conv_, a_log_, dt_bias_);
   Tensor dq = Tensor::zeros({B, T, heads_, dk_}, dy.dtype());

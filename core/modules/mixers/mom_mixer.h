@@ -42,9 +42,14 @@ namespace linea {
 
 // The tokens of one memory in one segment: for each batch row, the positions routed to it
 // (ascending), and the common padded length of the compact subsequences.
+// The gathers and scatters between the full and the compact sequences go by two i64 index tensors
+// on the data's device (kernels/moe_permute.h's gather_rows/scatter_rows), made once per forward:
+// full_index[j] = b T + rows[b][i] and compact_index[j] = b length + i for the j-th routed token.
 struct MemoryRoute {
   std::vector<std::vector<int64_t>> rows;
   int64_t length = 0;
+  Tensor full_index, compact_index;
+  bool identity = false;  // every token in order (the shared memory): the compact is the full
 };
 
 class MomMemory;
@@ -74,12 +79,15 @@ class MixtureOfMemories final : public TokenMixer {
   std::vector<std::unique_ptr<MomMemory>> memories_;  // routed ones, then the shared one
   // Saved for the backward.
   int64_t T_ = 0;
-  Tensor qp_, q_act_, q_rstd_;       // q projection of [halo; x], after act, L2 rstd
-  Tensor weights_;                   // [B, T, k] renormalised router weights
-  std::vector<int32_t> chosen_;      // [B*T*k] memory of each choice
-  std::vector<int64_t> slot_;        // [B*T*k] its position in that memory's compact sequence
-  std::vector<MemoryRoute> routes_;  // per memory (the shared one: every token)
-  std::vector<Tensor> memory_out_;   // per memory: compact outputs [B, L, H, dv]
+  Tensor qp_, q_act_, q_rstd_;        // q projection of [halo; x], after act, L2 rstd
+  Tensor weights_;                    // [B*T*k] renormalised router weights (data dtype/device)
+  std::vector<double> weights_host_;  // the same on the host
+  std::vector<int32_t> chosen_;       // [B*T*k] memory of each choice
+  std::vector<MemoryRoute> routes_;   // per memory (the shared one: every token)
+  // The routed memories' compact outputs stacked as rows [sum_m B L_m, H dv], the row of each
+  // choice in it (i32 [B*T*k], kernels/moe_permute.h's copy_row) and each memory's first row.
+  Tensor routed_rows_, copy_row_;
+  std::vector<int64_t> row_offset_;
 };
 
 }  // namespace linea
