@@ -7,7 +7,8 @@
 //   dz = p * (dp - sum(p dp)) - n * (dn - sum(n dn)),
 //   dx (`=`) = dz W_h^T,  dW_h += x^T dz (accumulated over every row).
 // y is what the forward returns and what the backward reads back (no other saved tensor).
-// f32 or f64, one dtype.
+// f32 or f64, one dtype; on CUDA f32 or bf16 with f32 arithmetic, dw f32 or the dtype of w
+// (kernels/cuda/hedgehog_feature_map.cu).
 #pragma once
 
 #include "core/tensor/tensor.h"

@@ -7,7 +7,8 @@
 //             dx (`=`) = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
 //             dgamma += sum_r dy * x_hat,  dbeta += sum_r dy  (accumulated, `+=`).
 // gamma and beta [D] may each be undefined (scale 1, shift 0; their gradients are then ignored).
-// Row reductions in f64. f32 or f64, one dtype.
+// Row reductions in f64. f32 or f64, one dtype. On CUDA (kernels/cuda/layernorm.cu): x, y, dy, dx
+// f32 or bf16 with f32 arithmetic; mean, rstd, gamma, beta and their gradients f32.
 #pragma once
 
 #include "core/tensor/tensor.h"

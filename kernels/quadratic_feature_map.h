@@ -7,7 +7,8 @@
 //   phi(q) . phi(k) = c0^2 + c1^2 (q . k) + c2^2 (q . k)^2.
 // The full d x d product is kept (not the d(d+1)/2 distinct pairs): the state is wider, but the
 // map stays one line of algebra, and the chunked kernels do not care.
-// backward: dx_i (`=`) = c1 dy_lin_i + c2 sum_j (dy_ij + dy_ji) x_j. f32 or f64, one dtype.
+// backward: dx_i (`=`) = c1 dy_lin_i + c2 sum_j (dy_ij + dy_ji) x_j. f32 or f64, one dtype
+// (on CUDA f32 or bf16 with f32 arithmetic, d <= 4096).
 #pragma once
 
 #include "core/tensor/tensor.h"

@@ -3,7 +3,8 @@
 //   y[b, t, c] = act( sum_{j=0}^{K-1} w[c, j] * x[b, t - K + 1 + j, c] ),  x[b, t < 0, c] = 0.
 // x, y: [B, T, C]; w: [C, K]. A segment that continues a sequence prepends the previous segment's
 // last rows to x (the halo) and drops the first outputs.
-// backward: dx (`=`), dw (`+=`). f32/f64.
+// backward: dx (`=`), dw (`+=`). f32/f64 on the CPU; on CUDA f32/bf16 with f32 arithmetic, dw f32
+// or the dtype of w, K <= 8 (kernels/cuda/short_conv.cu).
 #pragma once
 
 #include "core/tensor/tensor.h"

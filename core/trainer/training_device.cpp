@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+
 #include "core/config/config.h"
 #include "core/modules/mixers/mixer_factories.h"  // mixer_head_dim
 #include "core/modules/mixers/token_mixer.h"
@@ -16,16 +18,16 @@ namespace linea {
 namespace {
 
 constexpr const char* kWhatRuns =
-    "train.device = cuda runs: L layers LINEAR_ATTENTION (feature map IDENTITY, ELU_PLUS_ONE or "
-    "RELU, no window), LIGHTNING, RETNET, SIMPLE_GLA, GLA or HGRN2, without short convolution, "
-    "with key heads of 64 or 128 and values a multiple of 64; N layers softmax attention with "
-    "heads of 64 or 128; DENSE or MOE channel mixers; train.dtype f32 (train.precision f32 or "
-    "bf16); any DP, SP and EP layout (docs/cuda.md)";
+    "train.device = cuda runs: L layers LINEAR_ATTENTION (every feature map, any key width; no "
+    "window), LIGHTNING, RETNET, SIMPLE_GLA, GLA, HGRN2 or MAMBA2 with key heads of 64 or 128, "
+    "values a multiple of 64, short convolution on or off (conv_size <= 8); N layers softmax "
+    "attention with heads of 64 or 128; DENSE or MOE channel mixers; train.dtype f32 "
+    "(train.precision f32 or bf16); any DP, SP and EP layout (docs/cuda.md)";
 
 bool gpu_mixer_kind(config::MixerConfig::Kind k) {
   using MC = config::MixerConfig;
   return k == MC::LINEAR_ATTENTION || k == MC::LIGHTNING || k == MC::RETNET ||
-         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2;
+         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2 || k == MC::MAMBA2;
 }
 
 void check_gpu_model(const config::Config& cfg) {
@@ -46,19 +48,31 @@ void check_gpu_model(const config::Config& cfg) {
       continue;
     }
     const MC m = mixer_config_for_layer(cfg, layer);
-    const bool map_ok = m.kind() != MC::LINEAR_ATTENTION || m.feature_map() == MC::IDENTITY ||
-                        m.feature_map() == MC::ELU_PLUS_ONE || m.feature_map() == MC::RELU;
     const bool conv = m.short_conv() == MC::ON;
+    LINEA_USER_CHECK(m.kind() != MC::GSA,
+                     "use another mixer kind with train.device = cuda, or train.device = cpu")
+        << "layer " << layer << ": model.mixer.kind = GSA is not on GPUs yet: its first pass "
+        << "needs the value-side decay (gv) scan, which has no CUDA path (docs/cuda.md)";
+    LINEA_USER_CHECK(m.short_conv() == MC::OFF || m.conv_size() <= 8, kWhatRuns)
+        << "layer " << layer << ": model.mixer.conv_size = " << m.conv_size()
+        << " is not on GPUs (the CUDA short convolution takes conv_size <= 8)";
     MixerContext ctx;
     ctx.hidden = cfg.model().hidden_size();
     const int64_t dk = mixer_head_dim(ctx, m);
-    const int64_t dv = m.value_dim() > 0 ? m.value_dim() : dk;
-    LINEA_USER_CHECK(gpu_mixer_kind(m.kind()) && map_ok && m.window_size() == 0 && !conv &&
-                         (dk == 64 || dk == 128) && dv % 64 == 0,
+    // Mamba2's value heads are expand_v * hidden_size / num_heads wide.
+    const int64_t dv = m.value_dim() > 0 ? m.value_dim()
+                       : m.kind() == MC::MAMBA2 && m.num_heads() > 0
+                           ? std::llround(m.expand_v() * double(ctx.hidden)) / m.num_heads()
+                           : dk;
+    // Basic linear attention's scan takes any key width (the feature map's output dim: blocks of
+    // key columns); the gated scans take 64 or 128.
+    const bool dk_ok = m.kind() == MC::LINEAR_ATTENTION || dk == 64 || dk == 128;
+    LINEA_USER_CHECK(gpu_mixer_kind(m.kind()) && m.window_size() == 0 && dk_ok && dv % 64 == 0,
                      kWhatRuns)
         << "layer " << layer << ": mixer " << MC::Kind_Name(m.kind()) << ", feature map "
         << MC::FeatureMap_Name(m.feature_map()) << ", window " << m.window_size() << ", short conv "
-        << (conv ? "on" : "off") << ", head " << dk << " x " << dv << " is not on GPUs yet";
+        << (conv ? "on" : "off") << ", head " << dk << " x " << dv
+        << " (model.mixer.head_dim x value_dim) is not on GPUs yet";
   }
 }
 

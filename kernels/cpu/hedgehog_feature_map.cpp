@@ -99,6 +99,7 @@ void backward(const Dims& s, const Tensor& x, const Tensor& w, const Tensor& y, 
 }  // namespace
 
 void hedgehog_feature_map_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  LINEA_ON_CUDA(x, hedgehog_feature_map_forward(x, w, y));
   const char* op = "hedgehog_feature_map_forward";
   const Dims s = check_xw(x, w, op);
   check_y(y, x, s, op, "y");
@@ -107,6 +108,7 @@ void hedgehog_feature_map_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 
 void hedgehog_feature_map_backward(const Tensor& x, const Tensor& w, const Tensor& y,
                                    const Tensor& dy, Tensor& dx, Tensor& dw) {
+  LINEA_ON_CUDA(x, hedgehog_feature_map_backward(x, w, y, dy, dx, dw));
   const char* op = "hedgehog_feature_map_backward";
   const Dims s = check_xw(x, w, op);
   check_y(y, x, s, op, "y");

@@ -86,6 +86,7 @@ void backward(const Tensor& x, const Tensor& gamma, const Tensor& mean, const Te
 
 void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
                        Tensor& y, Tensor& mean, Tensor& rstd) {
+  LINEA_ON_CUDA(x, layernorm_forward(x, gamma, beta, eps, y, mean, rstd));
   const char* op = "layernorm_forward";
   cpu::check_float(x, op, "x");
   LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) > 0) << op << ": x " << shape_str(x.shape());
@@ -102,6 +103,7 @@ void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 void layernorm_backward(const Tensor& x, const Tensor& gamma, const Tensor& mean,
                         const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dgamma,
                         Tensor& dbeta) {
+  LINEA_ON_CUDA(x, layernorm_backward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta));
   const char* op = "layernorm_backward";
   cpu::check_float(x, op, "x");
   check_affine(gamma, x, op, "gamma");

@@ -61,6 +61,7 @@ int64_t quadratic_feature_dim(const QuadraticFeatureMap& f, int64_t d) {
 }
 
 void quadratic_feature_map_forward(const QuadraticFeatureMap& f, const Tensor& x, Tensor& y) {
+  LINEA_ON_CUDA(x, quadratic_feature_map_forward(f, x, y));
   const char* op = "quadratic_feature_map_forward";
   cpu::check_float(x, op, "x");
   LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) > 0) << op << ": x " << shape_str(x.shape());
@@ -70,6 +71,7 @@ void quadratic_feature_map_forward(const QuadraticFeatureMap& f, const Tensor& x
 
 void quadratic_feature_map_backward(const QuadraticFeatureMap& f, const Tensor& x, const Tensor& dy,
                                     Tensor& dx) {
+  LINEA_ON_CUDA(x, quadratic_feature_map_backward(f, x, dy, dx));
   const char* op = "quadratic_feature_map_backward";
   cpu::check_float(x, op, "x");
   LINEA_CHECK(x.ndim() >= 1 && x.dim(-1) > 0) << op << ": x " << shape_str(x.shape());

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "kernels/cpu/dispatch.h"
+
 namespace linea::kernels {
 namespace {
 // Bytes of one time step of one sequence: the product of the dimensions after [B, T].
@@ -12,6 +14,7 @@ size_t row_bytes(const Tensor& x) {
 }  // namespace
 
 Tensor concat_time(const Tensor& a, const Tensor& b) {
+  LINEA_ON_CUDA(a, concat_time(a, b));
   LINEA_CHECK(a.ndim() >= 2 && a.ndim() == b.ndim() && a.dim(0) == b.dim(0) &&
               a.dtype() == b.dtype())
       << "concat_time: " << shape_str(a.shape()) << " and " << shape_str(b.shape());
@@ -19,8 +22,8 @@ Tensor concat_time(const Tensor& a, const Tensor& b) {
     LINEA_CHECK(a.dim(i) == b.dim(i))
         << "concat_time: " << shape_str(a.shape()) << " and " << shape_str(b.shape());
   LINEA_CHECK(a.device().is_cpu() && b.device().is_cpu())
-      << "concat_time: CPU tensors only (the CUDA path is not written yet); got "
-      << a.device().str() << " and " << b.device().str();
+      << "concat_time: a on " << a.device().str() << ", b on " << b.device().str()
+      << " (one device)";
   Shape s = a.shape();
   s[1] = a.dim(1) + b.dim(1);
   Tensor out = Tensor::empty(s, a.dtype(), Device::cpu());
@@ -35,11 +38,9 @@ Tensor concat_time(const Tensor& a, const Tensor& b) {
 }
 
 Tensor slice_time(const Tensor& x, int64_t begin, int64_t end) {
+  LINEA_ON_CUDA(x, slice_time(x, begin, end));
   LINEA_CHECK(x.ndim() >= 2 && 0 <= begin && begin <= end && end <= x.dim(1))
       << "slice_time [" << begin << ", " << end << ") of " << shape_str(x.shape());
-  LINEA_CHECK(x.device().is_cpu())
-      << "slice_time: CPU tensors only (the CUDA path is not written yet); got "
-      << x.device().str();
   Shape s = x.shape();
   s[1] = end - begin;
   Tensor out = Tensor::empty(s, x.dtype(), Device::cpu());

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/dispatch.h"
+
 namespace linea::kernels {
 namespace {
 
@@ -9,6 +11,8 @@ void check(const Tensor& x, const Tensor& w, const char* fn) {
   LINEA_CHECK(x.ndim() == 3 && w.ndim() == 2 && w.dim(0) == x.dim(2))
       << fn << ": x " << shape_str(x.shape()) << ", w " << shape_str(w.shape())
       << " (expected x [B, T, C], w [C, K])";
+  LINEA_CHECK(x.device().is_cpu() && w.device().is_cpu())
+      << fn << ": x on " << x.device().str() << ", w on " << w.device().str() << " (one device)";
   LINEA_CHECK(x.dtype() == w.dtype() && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64))
       << fn << ": f32 or f64, one dtype";
 }
@@ -67,6 +71,7 @@ void backward_impl(const Tensor& x, const Tensor& w, bool silu, const Tensor& dy
 }  // namespace
 
 void short_conv_forward(const Tensor& x, const Tensor& w, bool silu, Tensor& y) {
+  LINEA_ON_CUDA(x, short_conv_forward(x, w, silu, y));
   check(x, w, "short_conv_forward");
   LINEA_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype()) << "short_conv_forward: y shape";
   if (x.dtype() == DType::kF32)
@@ -77,6 +82,7 @@ void short_conv_forward(const Tensor& x, const Tensor& w, bool silu, Tensor& y) 
 
 void short_conv_backward(const Tensor& x, const Tensor& w, bool silu, const Tensor& dy, Tensor& dx,
                          Tensor& dw) {
+  LINEA_ON_CUDA(x, short_conv_backward(x, w, silu, dy, dx, dw));
   check(x, w, "short_conv_backward");
   LINEA_CHECK(dy.shape() == x.shape() && dx.shape() == x.shape() && dw.shape() == w.shape())
       << "short_conv_backward: dy/dx/dw shapes";

@@ -9,8 +9,10 @@
 //    (kernels/cuda/vector_decay_scan.h: f32 arithmetic, q, k, v of one dtype); gv (GSA) is not on
 //    CUDA yet: an error says so;
 //  - q, k, v, dO enter the tensor cores in bf16; the gates, states and dgk are f32;
-//  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128}, Dv a multiple of 64.
+//  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128} with gates, any Dk
+//    without (blocks of key columns, below), Dv a multiple of 64.
 #include <algorithm>
+#include <vector>
 
 #include "kernels/cuda/chunk_scan.h"
 #include "kernels/cuda/column_sum.cuh"
@@ -125,6 +127,114 @@ void segment_log_decay(const Tensor& g, Tensor& log_decay, const char* op, const
                      log_decay.data<float>(), false, dev);
 }
 
+// ---- key widths the chunk scan does not take (basic linear attention's wide feature maps) -----
+// Without gates, o_t = sum_(s <= t) (q_t . k_s) v_s splits into a sum over blocks of key columns,
+// and so do the state (its rows), dq and dk (their columns): a Dk outside {64, 128} runs as blocks
+// of 128 columns, the last one 64 or 128 wide with zero columns past Dk (which add nothing), each
+// block one scan; o and dv sum the blocks' results in f32.
+struct KeyBlock {
+  int c0, real, width;
+};
+
+std::vector<KeyBlock> key_blocks(int Dk) {
+  std::vector<KeyBlock> out;
+  int c0 = 0;
+  while (Dk - c0 > 128) out.push_back({c0, 128, 128}), c0 += 128;
+  out.push_back({c0, Dk - c0, Dk - c0 <= 64 ? 64 : 128});
+  return out;
+}
+
+bool needs_key_blocks(const Dims& d, const Tensor& gk) {
+  return !gk.defined() && d.Dk != 64 && d.Dk != 128;
+}
+
+// Elements [src_off, src_off + n) of each of `rows` rows of `src` (src_row elements a row) to
+// [dst_off, dst_off + n) of the rows of `dst` (dst_row elements a row): one pitched copy.
+void copy_row_parts(Tensor& dst, int64_t dst_row, int64_t dst_off, const Tensor& src,
+                    int64_t src_row, int64_t src_off, int64_t n, int64_t rows) {
+  if (n == 0 || rows == 0) return;
+  const size_t es = dtype_size(src.dtype());
+  OnDevice dev(src);
+  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst.raw()) + dst_off * es, dst_row * es,
+                               static_cast<const char*>(src.raw()) + src_off * es, src_row * es,
+                               n * es, rows, cudaMemcpyDeviceToDevice, dev.stream));
+}
+
+// The block's columns of q or k [B, T, H, Dk] as a zero-padded [B, T, H, width].
+Tensor key_columns(const Tensor& t, const Dims& d, const KeyBlock& b) {
+  Tensor out = b.real < b.width ? Tensor::zeros({d.B, d.T, d.H, b.width}, t.dtype(), t.device())
+                                : Tensor::empty({d.B, d.T, d.H, b.width}, t.dtype(), t.device());
+  copy_row_parts(out, b.width, 0, t, d.Dk, b.c0, b.real, int64_t(d.B) * d.T * d.H);
+  return out;
+}
+
+// The block's rows of a state [B, H, Dk, Dv] as a zero-padded [B, H, width, Dv] (undefined stays
+// undefined).
+Tensor state_rows(const Tensor& s, const Dims& d, const KeyBlock& b) {
+  if (!s.defined()) return Tensor();
+  Tensor out = b.real < b.width ? Tensor::zeros({d.B, d.H, b.width, d.Dv}, s.dtype(), s.device())
+                                : Tensor::empty({d.B, d.H, b.width, d.Dv}, s.dtype(), s.device());
+  copy_row_parts(out, int64_t(b.width) * d.Dv, 0, s, int64_t(d.Dk) * d.Dv, int64_t(b.c0) * d.Dv,
+                 int64_t(b.real) * d.Dv, int64_t(d.B) * d.H);
+  return out;
+}
+
+void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Dims& d, double scale,
+                     int64_t chunk, const Tensor& initial_state, Tensor& o, Tensor& final_state) {
+  // o undefined: only the final state (each block's rows of it).
+  Tensor acc;
+  if (o.defined())
+    acc = o.dtype() == DType::kF32 ? o : Tensor::empty(o.shape(), DType::kF32, o.device());
+  const std::vector<KeyBlock> blocks = key_blocks(d.Dk);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const KeyBlock& b = blocks[i];
+    Tensor ob = !o.defined() ? Tensor()
+                : i == 0     ? acc
+                             : Tensor::empty(o.shape(), DType::kF32, o.device());
+    Tensor fs = final_state.defined()
+                    ? Tensor::empty({d.B, d.H, b.width, d.Dv}, DType::kF32, q.device())
+                    : Tensor();
+    gated_linear_attention_chunked_forward(key_columns(q, d, b), key_columns(k, d, b), v, Tensor(),
+                                           Tensor(), scale, chunk, state_rows(initial_state, d, b),
+                                           ob, fs);
+    if (i > 0 && o.defined()) add_inplace(acc, ob);
+    if (fs.defined())
+      copy_row_parts(final_state, int64_t(d.Dk) * d.Dv, int64_t(b.c0) * d.Dv, fs,
+                     int64_t(b.width) * d.Dv, 0, int64_t(b.real) * d.Dv, int64_t(d.B) * d.H);
+  }
+  if (o.defined() && acc.raw() != o.raw()) o.copy_from(acc);
+}
+
+void blocked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Dims& d,
+                      double scale, int64_t chunk, const Tensor& initial_state, const Tensor& d_o,
+                      const Tensor& d_final_state, Tensor& dq, Tensor& dk, Tensor& dv,
+                      Tensor& d_initial_state) {
+  Tensor acc = dv.dtype() == DType::kF32 ? dv : Tensor::empty(dv.shape(), DType::kF32, dv.device());
+  const std::vector<KeyBlock> blocks = key_blocks(d.Dk);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const KeyBlock& b = blocks[i];
+    Tensor dvb = i == 0 ? acc : Tensor::empty(dv.shape(), DType::kF32, dv.device());
+    Tensor dqb = Tensor::empty({d.B, d.T, d.H, b.width}, dq.dtype(), dq.device());
+    Tensor dkb = Tensor::empty({d.B, d.T, d.H, b.width}, dk.dtype(), dk.device());
+    Tensor dsi = d_initial_state.defined()
+                     ? Tensor::empty({d.B, d.H, b.width, d.Dv}, DType::kF32, q.device())
+                     : Tensor();
+    Tensor no_dgk, no_dgv;
+    gated_linear_attention_chunked_backward(key_columns(q, d, b), key_columns(k, d, b), v, Tensor(),
+                                            Tensor(), scale, chunk, state_rows(initial_state, d, b),
+                                            d_o, state_rows(d_final_state, d, b), dqb, dkb, dvb,
+                                            no_dgk, no_dgv, dsi);
+    if (i > 0) add_inplace(acc, dvb);
+    const int64_t rows = int64_t(d.B) * d.T * d.H;
+    copy_row_parts(dq, d.Dk, b.c0, dqb, b.width, 0, b.real, rows);
+    copy_row_parts(dk, d.Dk, b.c0, dkb, b.width, 0, b.real, rows);
+    if (dsi.defined())
+      copy_row_parts(d_initial_state, int64_t(d.Dk) * d.Dv, int64_t(b.c0) * d.Dv, dsi,
+                     int64_t(b.width) * d.Dv, 0, int64_t(b.real) * d.Dv, int64_t(d.B) * d.H);
+  }
+  if (acc.raw() != dv.raw()) dv.copy_from(acc);
+}
+
 }  // namespace
 
 void gated_linear_attention_segment_log_decay(const Tensor& gk, const Tensor& gv,
@@ -179,6 +289,10 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
   check_state_out(final_state, d, op, "final_state");
   LINEA_CHECK(o.defined() || final_state.defined())
       << op << ": neither o nor final_state is wanted";
+  if (needs_key_blocks(d, gk)) {
+    blocked_forward(q, k, v, d, scale, chunk, initial_state, o, final_state);
+    return;
+  }
   if (gk.defined() && gk.ndim() == 4) {
     LINEA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype() &&
                 (!o.defined() || o.dtype() == q.dtype()))
@@ -217,6 +331,11 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     check_cuda(dgk, op, "dgk");
     LINEA_CHECK(dgk.dtype() == DType::kF32 && dgk.shape() == gk.shape())
         << op << ": dgk " << describe(dgk) << " must be f32 " << shape_str(gk.shape());
+  }
+  if (needs_key_blocks(d, gk)) {
+    blocked_backward(q, k, v, d, scale, chunk, initial_state, d_o, d_final_state, dq, dk, dv,
+                     d_initial_state);
+    return;
   }
   if (gk.defined() && gk.ndim() == 4) {
     const Tensor* same_dtype[] = {&k, &v, &d_o, &dq, &dk, &dv};

@@ -16,6 +16,7 @@
 #include "kernels/adamw.h"
 #include "kernels/feature_map.h"
 #include "kernels/gates.h"
+#include "kernels/quadratic_feature_map.h"
 #include "kernels/rope.h"
 #include "kernels/softmax_attention.h"
 
@@ -44,6 +45,24 @@ void l2norm_backward(const Tensor& x, const Tensor& rstd, const Tensor& dy, Tens
 void feature_map_forward(FeatureMap f, const Tensor& x, Tensor& y);
 void feature_map_backward(FeatureMap f, const Tensor& x, const Tensor& dy, Tensor& dx);
 
+// kernels/hedgehog_feature_map.h (one block per row and head; dw f32 or the dtype of w, its sum
+// over rows f64 in a fixed order).
+void hedgehog_feature_map_forward(const Tensor& x, const Tensor& w, Tensor& y);
+void hedgehog_feature_map_backward(const Tensor& x, const Tensor& w, const Tensor& y,
+                                   const Tensor& dy, Tensor& dx, Tensor& dw);
+
+// kernels/quadratic_feature_map.h (element-wise forward, one thread per input feature backward).
+void quadratic_feature_map_forward(const QuadraticFeatureMap& f, const Tensor& x, Tensor& y);
+void quadratic_feature_map_backward(const QuadraticFeatureMap& f, const Tensor& x, const Tensor& dy,
+                                    Tensor& dx);
+
+// kernels/layernorm.h (one warp per row; mean, rstd, gamma, beta and their gradients f32).
+void layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
+                       Tensor& y, Tensor& mean, Tensor& rstd);
+void layernorm_backward(const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                        const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dgamma,
+                        Tensor& dbeta);
+
 // kernels/gates.h (kernels/cuda/gates.cu): element-wise in f32, one dtype a call (f32 or bf16);
 // delta_log_decay_backward's dA_log and d_dt_bias are f32 row sums (f64, fixed order).
 void activation_forward(Activation a, const Tensor& x, Tensor& y);
@@ -71,6 +90,34 @@ void add_bias(Tensor& y, const Tensor& b);
 void bias_backward(const Tensor& dy, Tensor& db);
 void gather_columns(const Tensor& t, int64_t row0, int64_t c0, Tensor& out);
 void scatter_add_columns(Tensor& dst, int64_t row0, int64_t c0, const Tensor& src);
+
+// kernels/short_conv.h (kernels/cuda/short_conv.cu): x, w, dy, dx of one dtype; dw f32 or that
+// dtype, its sum over rows f64 in a fixed order; K <= 8.
+void short_conv_forward(const Tensor& x, const Tensor& w, bool silu, Tensor& y);
+void short_conv_backward(const Tensor& x, const Tensor& w, bool silu, const Tensor& dy, Tensor& dx,
+                         Tensor& dw);
+
+// kernels/sequence.h (pitched device copies on the current stream; any dtype, exact).
+Tensor concat_time(const Tensor& a, const Tensor& b);
+Tensor slice_time(const Tensor& x, int64_t begin, int64_t end);
+
+// kernels/ssd.h (kernels/cuda/ssd.cu): activations f32 or bf16 of one dtype, A_log, D, dA_log,
+// dD f32; the per-head sums over rows f64 in a fixed order.
+void ssd_heads_broadcast(const Tensor& m, Tensor& out);
+void ssd_heads_sum(const Tensor& d, Tensor& out);
+void ssd_discretise(const Tensor& x, const Tensor& dt, const Tensor& A_log, Tensor& g, Tensor& v);
+void ssd_add_skip(const Tensor& x, const Tensor& D, Tensor& o);
+void ssd_discretise_backward(const Tensor& x, const Tensor& dt, const Tensor& g,
+                             const Tensor& A_log, const Tensor& D, const Tensor& dv,
+                             const Tensor& dg, const Tensor& d_o, Tensor& dx, Tensor& ddt,
+                             Tensor& dA_log, Tensor& dD);
+
+// kernels/gsa.h (kernels/cuda/gsa.cu): element-wise and one warp per row of slots, f32 arithmetic.
+void gsa_slot_write_forward(const Tensor& log_alpha, Tensor& w);
+void gsa_slot_write_backward(const Tensor& log_alpha, const Tensor& d_log_alpha, const Tensor& d_w,
+                             Tensor& d_total);
+void gsa_slot_softmax_forward(const Tensor& s, Tensor& p);
+void gsa_slot_softmax_backward(const Tensor& p, const Tensor& dp, Tensor& ds);
 
 // kernels/swiglu.h
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);

@@ -122,8 +122,14 @@ TEST(ChunkScanCuda, RefusesWhatItDoesNotRunWithAMessage) {
   const Tensor q96 = random_cuda({1, 64, 1, 96}, 1, DType::kBF16);
   const Tensor v = random_cuda({1, 64, 1, 64}, 2, DType::kBF16);
   Tensor o = Tensor::empty(v.shape(), DType::kBF16, Device::cuda(0)), none;
+  // Without gates a key width of 96 runs as a block of key columns
+  // (WideKeyLinearAttentionCuda); a scalar decay takes 64 or 128 only.
+  const Tensor gk = log_decays({1, 64, 1}, 4);
   expect_error_with(
-      [&] { kernels::linear_attention_chunked_forward(q96, q96, v, 1.0, 64, none, o, none); },
+      [&] {
+        kernels::gated_linear_attention_chunked_forward(q96, q96, v, gk, none, 1.0, 64, none, o,
+                                                        none);
+      },
       "Dqk = 96");
   const Tensor gv = log_decays({1, 64, 1, 64}, 3);  // a value-side gate (GSA)
   expect_error_with(

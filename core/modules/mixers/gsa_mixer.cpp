@@ -3,65 +3,12 @@
 #include <cmath>
 
 #include "core/modules/mixers/decay_ops.h"
-#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
+#include "kernels/gsa.h"
 
 namespace linea {
 namespace {
-
-// Element-wise maps over float tensors of one shape, evaluated in double.
-template <typename F>
-Tensor map_floats(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
-  Tensor y = Tensor::empty(a.shape(), a.dtype());
-  dispatch_float(a.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* pa = a.data<T>();
-    const T* pb = b.defined() ? b.data<T>() : nullptr;
-    const T* pc = c.defined() ? c.data<T>() : nullptr;
-    T* py = y.data<T>();
-    for (int64_t i = 0, n = a.numel(); i < n; ++i)
-      py[i] = static_cast<T>(f(double(pa[i]), pb ? double(pb[i]) : 0.0, pc ? double(pc[i]) : 0.0));
-  });
-  return y;
-}
-
-// Softmax over the last dimension; p * (dp - sum(p dp)) for the backward.
-Tensor softmax_last(const Tensor& s) {
-  Tensor p = Tensor::empty(s.shape(), s.dtype());
-  const int64_t n = s.dim(-1), rows = s.numel() / n;
-  dispatch_float(s.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* ps = s.data<T>();
-    T* pp = p.data<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      double mx = ps[r * n];
-      for (int64_t j = 1; j < n; ++j) mx = std::max(mx, double(ps[r * n + j]));
-      double z = 0;
-      for (int64_t j = 0; j < n; ++j) z += std::exp(double(ps[r * n + j]) - mx);
-      for (int64_t j = 0; j < n; ++j) pp[r * n + j] = T(std::exp(double(ps[r * n + j]) - mx) / z);
-    }
-  });
-  return p;
-}
-
-Tensor softmax_last_backward(const Tensor& p, const Tensor& dp) {
-  Tensor ds = Tensor::empty(p.shape(), p.dtype());
-  const int64_t n = p.dim(-1), rows = p.numel() / n;
-  dispatch_float(p.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* pp = p.data<T>();
-    const T* pd = dp.data<T>();
-    T* po = ds.data<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      double dot = 0;
-      for (int64_t j = 0; j < n; ++j) dot += double(pp[r * n + j]) * pd[r * n + j];
-      for (int64_t j = 0; j < n; ++j)
-        po[r * n + j] = T(double(pp[r * n + j]) * (double(pd[r * n + j]) - dot));
-    }
-  });
-  return ds;
-}
 
 int64_t slots_of(const config::MixerConfig& m) {
   LINEA_USER_CHECK(m.num_slots() > 0, "set model.mixer.num_slots > 0 (GSA memory slots per head)")
@@ -167,10 +114,10 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   // Slot gates: log alpha in log space; 1 - alpha = -expm1(log alpha) keeps precision near 0.
   const double tau = gate_norm_;
   f_ = f_proj_.forward(x).view({B, T, heads_, slots_});
-  log_alpha_ = Tensor::empty(f_.shape(), x.dtype());
+  log_alpha_ = Tensor::empty(f_.shape(), x.dtype(), x.device());
   kernels::log_sigmoid_decay_forward(f_, tau, log_alpha_);
-  const Tensor one_minus_alpha = map_floats(
-      log_alpha_, Tensor(), Tensor(), [](double la, double, double) { return -std::expm1(la); });
+  Tensor one_minus_alpha = Tensor::empty(f_.shape(), x.dtype(), x.device());
+  kernels::gsa_slot_write_forward(log_alpha_, one_minus_alpha);
 
   const Tensor s_in_k = in.states.size() > 0 ? in.states[0] : Tensor();
   const Tensor s_in_v = in.states.size() > 1 ? in.states[1] : Tensor();
@@ -179,7 +126,8 @@ Tensor GatedSlotAttention::forward_segment(const Tensor& x, const SegmentIn& in,
   const Tensor scores =
       keys_.forward(q, k, one_minus_alpha, Tensor(), log_alpha_, 1.0 / std::sqrt(double(dk_)),
                     s_in_k, recurrent_reference_, out ? &s_out_k : nullptr, out ? &tr_k : nullptr);
-  p_ = softmax_last(scores);
+  p_ = Tensor::empty(scores.shape(), scores.dtype(), scores.device());
+  kernels::gsa_slot_softmax_forward(scores, p_);
   Tensor o = values_.forward(p_, one_minus_alpha, v, log_alpha_, Tensor(), 1.0, s_in_v,
                              recurrent_reference_, out ? &s_out_v : nullptr, out ? &tr_v : nullptr);
   if (out) {
@@ -205,7 +153,8 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   const Tensor ds_out_v = in.d_final_states.size() > 1 ? in.d_final_states[1] : Tensor();
   // Pass 2, then the softmax, then pass 1: dp is the gradient of pass 2's query.
   GlaCore::Grads gv = values_.backward(d_o, ds_out_v, out != nullptr);
-  const Tensor d_scores = softmax_last_backward(p_, gv.dq);
+  Tensor d_scores = Tensor::empty(p_.shape(), p_.dtype(), p_.device());
+  kernels::gsa_slot_softmax_backward(p_, gv.dq, d_scores);
   GlaCore::Grads gk = keys_.backward(d_scores, ds_out_k, out != nullptr);
   if (out) out->d_states = {gk.ds_in, gv.ds_in};
   p_ = Tensor();
@@ -216,10 +165,10 @@ Tensor GatedSlotAttention::backward_segment(const Tensor& dy, const SegmentGradI
   kernels::add_inplace(d_la, gv.dgk);
   Tensor d_one_minus = gk.dv;
   kernels::add_inplace(d_one_minus, gv.dk);
-  d_la = map_floats(log_alpha_, d_la, d_one_minus,
-                    [](double la, double dla, double ds) { return dla - std::exp(la) * ds; });
-  Tensor df = Tensor::empty(f_.shape(), dy.dtype());
-  kernels::log_sigmoid_decay_backward(f_, d_la, tau, df);
+  Tensor d_total = Tensor::empty(f_.shape(), dy.dtype(), dy.device());
+  kernels::gsa_slot_write_backward(log_alpha_, d_la, d_one_minus, d_total);
+  Tensor df = Tensor::empty(f_.shape(), dy.dtype(), dy.device());
+  kernels::log_sigmoid_decay_backward(f_, d_total, tau, df);
   log_alpha_ = f_ = Tensor();
   kernels::accumulate(dx, f_proj_.backward(df.view({B, T, heads_ * slots_})));
 

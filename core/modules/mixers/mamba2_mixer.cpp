@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "core/modules/mixers/decay_mixers.h"
-#include "core/tensor/dispatch.h"
 #include "kernels/elementwise.h"
 #include "kernels/gates.h"
+#include "kernels/ssd.h"
 
 namespace linea {
 namespace {
@@ -41,102 +41,16 @@ bool gate_on(const MC& m) { return m.output_gate() != MC::OFF; }  // Mamba2 has 
 
 // [B, T, N] -> [B, T, H, N]: the one group of B (or C) every head reads.
 Tensor heads_broadcast(const Tensor& m, int64_t H) {
-  const int64_t rows = m.dim(0) * m.dim(1), N = m.dim(2);
-  Tensor out = Tensor::empty({m.dim(0), m.dim(1), H, N}, m.dtype());
-  dispatch_float(m.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* s = m.data<T>();
-    T* d = out.data<T>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t n = 0; n < N; ++n) d[(r * H + h) * N + n] = s[r * N + n];
-  });
+  Tensor out = Tensor::empty({m.dim(0), m.dim(1), H, m.dim(2)}, m.dtype(), m.device());
+  kernels::ssd_heads_broadcast(m, out);
   return out;
 }
 
 // Its gradient partner: [B, T, H, N] -> [B, T, N] summed over heads.
 Tensor heads_sum(const Tensor& d) {
-  const int64_t rows = d.dim(0) * d.dim(1), H = d.dim(2), N = d.dim(3);
-  Tensor out = Tensor::empty({d.dim(0), d.dim(1), N}, d.dtype());
-  dispatch_float(d.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* s = d.data<T>();
-    T* o = out.data<T>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t n = 0; n < N; ++n) {
-        double acc = 0;
-        for (int64_t h = 0; h < H; ++h) acc += s[(r * H + h) * N + n];
-        o[r * N + n] = static_cast<T>(acc);
-      }
-  });
+  Tensor out = Tensor::empty({d.dim(0), d.dim(1), d.dim(3)}, d.dtype(), d.device());
+  kernels::ssd_heads_sum(d, out);
   return out;
-}
-
-// g[b, t, h] = -exp(A_log[h]) dt[b, t, h];  v[b, t, h, :] = x[b, t, h, :] dt[b, t, h].
-void discretise(const Tensor& xs, const Tensor& dt, const Tensor& A_log, Tensor& g, Tensor& v) {
-  const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
-  g = Tensor::empty(dt.shape(), dt.dtype());
-  v = Tensor::empty(xs.shape(), xs.dtype());
-  dispatch_float(xs.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T *xp = xs.data<T>(), *dtp = dt.data<T>(), *ap = A_log.data<T>();
-    T *gp = g.data<T>(), *vp = v.data<T>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t h = 0; h < H; ++h) {
-        const double d = dtp[r * H + h];
-        gp[r * H + h] = static_cast<T>(-std::exp(double(ap[h])) * d);
-        for (int64_t p = 0; p < P; ++p)
-          vp[(r * H + h) * P + p] = static_cast<T>(xp[(r * H + h) * P + p] * d);
-      }
-  });
-}
-
-// o[b, t, h, :] += D[h] x[b, t, h, :].
-void add_skip(Tensor& o, const Tensor& xs, const Tensor& D) {
-  const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
-  dispatch_float(xs.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T *xp = xs.data<T>(), *Dp = D.data<T>();
-    T* op = o.data<T>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = (r * H + h) * P, e = i + P; i < e; ++i) op[i] += Dp[h] * xp[i];
-  });
-}
-
-// The backward of discretise and add_skip together, given the gradients of v, g and o:
-//   dx = dv dt + D dO;  ddt = sum_p dv x - exp(A_log) dg   (both written);
-//   dA_log += sum dg g;  dD += sum dO x   (accumulated).
-void discretise_backward(const Tensor& xs, const Tensor& dt, const Tensor& g, const Tensor& A_log,
-                         const Tensor& D, const Tensor& dv, const Tensor& dg, const Tensor& d_o,
-                         Tensor& dxs, Tensor& ddt, Tensor& dA_log, Tensor& dD) {
-  const int64_t rows = xs.dim(0) * xs.dim(1), H = xs.dim(2), P = xs.dim(3);
-  dxs = Tensor::empty(xs.shape(), xs.dtype());
-  ddt = Tensor::empty(dt.shape(), dt.dtype());
-  dispatch_float(xs.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T *xp = xs.data<T>(), *dtp = dt.data<T>(), *gp = g.data<T>(), *ap = A_log.data<T>(),
-            *Dp = D.data<T>(), *dvp = dv.data<T>(), *dgp = dg.data<T>(), *dop = d_o.data<T>();
-    T *dxp = dxs.data<T>(), *ddtp = ddt.data<T>(), *dap = dA_log.data<T>(), *dDp = dD.data<T>();
-    std::vector<double> da(H, 0.0), dd(H, 0.0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t j = r * H + h;
-        const double d = dtp[j];
-        double acc = 0;
-        for (int64_t i = j * P, e = i + P; i < e; ++i) {
-          dxp[i] = static_cast<T>(double(dvp[i]) * d + double(Dp[h]) * dop[i]);
-          acc += double(dvp[i]) * xp[i];
-          dd[h] += double(dop[i]) * xp[i];
-        }
-        ddtp[j] = static_cast<T>(acc - std::exp(double(ap[h])) * dgp[j]);
-        da[h] += double(dgp[j]) * gp[j];
-      }
-    for (int64_t h = 0; h < H; ++h) {
-      dap[h] += static_cast<T>(da[h]);
-      dDp[h] += static_cast<T>(dd[h]);
-    }
-  });
 }
 
 }  // namespace
@@ -174,13 +88,17 @@ void Mamba2::init(uint64_t seed, double std, double out_std) {
   // evenly spaced quantiles of the heads, so every rank and seed agrees and the heads still span
   // short to long memories.
   const double dt_min = 1e-3, dt_max = 1e-1, dt_floor = 1e-4;
+  std::vector<double> a_log(heads_), dt_bias(heads_);
   for (int64_t h = 0; h < heads_; ++h) {
     const double u = (h + 0.5) / double(heads_);
-    A_log_.value.set_item(h, std::log(1 + 15 * u));
+    a_log[h] = std::log(1 + 15 * u);
     const double dt =
         std::max(dt_floor, std::exp(std::log(dt_min) + u * (std::log(dt_max) - std::log(dt_min))));
-    dt_bias_.value.set_item(h, dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
+    dt_bias[h] = dt + std::log(-std::expm1(-dt));  // softplus^-1(dt)
   }
+  // Made on the host, copied to wherever the parameters live.
+  A_log_.value.copy_from(Tensor::from_vector({heads_}, a_log, DType::kF64));
+  dt_bias_.value.copy_from(Tensor::from_vector({heads_}, dt_bias, DType::kF64));
   init_constant(D_, 1.0);
 }
 
@@ -211,10 +129,11 @@ Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut*
   const Tensor c_mat = decay_ops::columns(xbc, 0, inner_ + state_, inner_ + 2 * state_);
   dt_in_ = decay_ops::columns(proj, halo, col_dt_, col_dt_ + heads_);
   decay_ops::add_bias(dt_in_, dt_bias_.value);
-  dt_ = Tensor::empty(dt_in_.shape(), x.dtype());
+  dt_ = Tensor::empty(dt_in_.shape(), x.dtype(), x.device());
   kernels::softplus_forward(dt_in_, dt_);
-  Tensor v;
-  discretise(xs_, dt_, A_log_.value, g_, v);
+  g_ = Tensor::empty(dt_.shape(), dt_.dtype(), dt_.device());
+  Tensor v = Tensor::empty(xs_.shape(), xs_.dtype(), xs_.device());
+  kernels::ssd_discretise(xs_, dt_, A_log_.value, g_, v);
 
   const Tensor s_in = in.states.empty() ? Tensor() : in.states[0];
   Tensor s_out;
@@ -226,12 +145,12 @@ Tensor Mamba2::forward_segment(const Tensor& x, const SegmentIn& in, SegmentOut*
     out->final_states = {s_out};
     out->transitions = {tr};
   }
-  add_skip(o, xs_, D_.value);
+  kernels::ssd_add_skip(xs_, D_.value, o);
   Tensor u = o.view({B, T, inner_});
   if (gate_) {
     z_ = decay_ops::columns(proj, halo, 0, inner_);
     o_ = u;
-    u = Tensor::empty(o_.shape(), x.dtype());
+    u = Tensor::empty(o_.shape(), x.dtype(), x.device());
     kernels::output_gate_forward(Activation::kSilu, z_, o_, u);
   }
   if (norm_) u = norm_->forward(u);
@@ -244,8 +163,8 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
   if (norm_) du = norm_->backward(du);
   Tensor d_o = du, dz;
   if (gate_) {
-    dz = Tensor::empty(z_.shape(), dy.dtype());
-    d_o = Tensor::empty(o_.shape(), dy.dtype());
+    dz = Tensor::empty(z_.shape(), dy.dtype(), dy.device());
+    d_o = Tensor::empty(o_.shape(), dy.dtype(), dy.device());
     kernels::output_gate_backward(Activation::kSilu, z_, o_, du, dz, d_o);
     z_ = o_ = Tensor();
   }
@@ -254,10 +173,11 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
   GlaCore::Grads g = core_.backward(d_o, ds_out, out != nullptr);
   if (out) out->d_states = {g.ds_in};
 
-  Tensor dxs, ddt;
-  discretise_backward(xs_, dt_, g_, A_log_.value, D_.value, g.dv, g.dgk, d_o, dxs, ddt, A_log_.grad,
-                      D_.grad);
-  Tensor d_dt_in = Tensor::empty(dt_in_.shape(), dy.dtype());
+  Tensor dxs = Tensor::empty(xs_.shape(), dy.dtype(), dy.device());
+  Tensor ddt = Tensor::empty(dt_.shape(), dy.dtype(), dy.device());
+  kernels::ssd_discretise_backward(xs_, dt_, g_, A_log_.value, D_.value, g.dv, g.dgk, d_o, dxs, ddt,
+                                   A_log_.grad, D_.grad);
+  Tensor d_dt_in = Tensor::empty(dt_in_.shape(), dy.dtype(), dy.device());
   kernels::softplus_backward(dt_in_, ddt, d_dt_in);
   decay_ops::bias_backward(d_dt_in, dt_bias_.grad);
   const Tensor dxbc = decay_ops::concat_columns(
@@ -266,7 +186,7 @@ Tensor Mamba2::backward_segment(const Tensor& dy, const SegmentGradIn& in, Segme
       conv_ ? conv_->backward(dxbc) : decay_ops::act_backward(Activation::kSilu, xbc_raw_, dxbc);
   xbc_raw_ = xs_ = dt_in_ = dt_ = g_ = Tensor();
 
-  Tensor dproj = Tensor::zeros({B, halo + T, proj_width_}, dy.dtype());
+  Tensor dproj = Tensor::zeros({B, halo + T, proj_width_}, dy.dtype(), dy.device());
   decay_ops::add_columns(dproj, 0, col_x_, dxbc_raw);
   if (gate_) decay_ops::add_columns(dproj, halo, 0, dz);
   decay_ops::add_columns(dproj, halo, col_dt_, d_dt_in);

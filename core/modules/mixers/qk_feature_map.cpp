@@ -1,6 +1,7 @@
 #include "core/modules/mixers/qk_feature_map.h"
 
 #include <cmath>
+#include <vector>
 
 #include "kernels/hedgehog_feature_map.h"
 #include "kernels/l2norm.h"
@@ -42,6 +43,11 @@ Shape with_last(Shape s, int64_t last) {
 }
 
 Shape rows_of(const Tensor& x) { return Shape(x.shape().begin(), x.shape().end() - 1); }
+
+// The norms' saved row statistics: x's dtype on the CPU, f32 on CUDA (the kernels' contract).
+Tensor row_stats(const Tensor& x) {
+  return Tensor::empty(rows_of(x), x.device().is_cpu() ? x.dtype() : DType::kF32, x.device());
+}
 
 }  // namespace
 
@@ -97,9 +103,10 @@ void QKFeatureMap::init(uint64_t seed) {
     const int64_t H = w->value.dim(0), d = w->value.dim(1), f = w->value.dim(2);
     if (d == f) {
       // Identity: at init phi(x) = [softmax(x), softmax(-x)], the paper's starting point.
-      w->value.zero_();
+      std::vector<double> eye(H * d * f, 0.0);
       for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < d; ++i) w->value.set_item((h * d + i) * f + i, 1.0);
+        for (int64_t i = 0; i < d; ++i) eye[(h * d + i) * f + i] = 1.0;
+      w->value.copy_from(Tensor::from_vector({H, d, f}, eye, DType::kF64));  // host or device
     } else {
       // Unit-variance logits for unit-variance inputs: neither uniform nor one-hot softmaxes.
       init_normal(*w, seed, 1 / std::sqrt(double(d)));
@@ -121,7 +128,7 @@ Tensor QKFeatureMap::forward(Side side, const Tensor& x) {
       << "feature map input " << shape_str(x.shape()) << " must end in " << in_dim_;
   Saved& s = saved_[side];
   s.x = x;
-  Tensor y = Tensor::empty(with_last(x.shape(), out_dim_), x.dtype());
+  Tensor y = Tensor::empty(with_last(x.shape(), out_dim_), x.dtype(), x.device());
   switch (map_) {
     case MC::HEDGEHOG:
       kernels::hedgehog_feature_map_forward(x, hedgehog_[side]->value, y);
@@ -131,14 +138,14 @@ Tensor QKFeatureMap::forward(Side side, const Tensor& x) {
       kernels::quadratic_feature_map_forward(taylor_map(in_dim_), x, y);
       break;
     case MC::REBASED:
-      s.u = Tensor::empty(x.shape(), x.dtype());
-      s.mean = Tensor::empty(rows_of(x), x.dtype());
-      s.rstd = Tensor::empty(rows_of(x), x.dtype());
+      s.u = Tensor::empty(x.shape(), x.dtype(), x.device());
+      s.mean = row_stats(x);
+      s.rstd = row_stats(x);
       kernels::layernorm_forward(x, gamma_->value, beta_->value, eps_, s.u, s.mean, s.rstd);
       kernels::quadratic_feature_map_forward(rebased_map(in_dim_), s.u, y);
       break;
     case MC::COSINE:
-      s.rstd = Tensor::empty(rows_of(x), x.dtype());
+      s.rstd = row_stats(x);
       kernels::l2norm_forward(x, eps_, y, s.rstd);
       break;
     default:
@@ -151,7 +158,7 @@ Tensor QKFeatureMap::forward(Side side, const Tensor& x) {
 Tensor QKFeatureMap::backward(Side side, const Tensor& dy) {
   Saved& s = saved_[side];
   LINEA_CHECK(s.x.defined()) << "feature map backward without a forward";
-  Tensor dx = Tensor::empty(s.x.shape(), dy.dtype());
+  Tensor dx = Tensor::empty(s.x.shape(), dy.dtype(), dy.device());
   switch (map_) {
     case MC::HEDGEHOG:
       kernels::hedgehog_feature_map_backward(s.x, hedgehog_[side]->value, s.y, dy, dx,
@@ -161,7 +168,7 @@ Tensor QKFeatureMap::backward(Side side, const Tensor& dy) {
       kernels::quadratic_feature_map_backward(taylor_map(in_dim_), s.x, dy, dx);
       break;
     case MC::REBASED: {
-      Tensor du = Tensor::empty(s.x.shape(), dy.dtype());
+      Tensor du = Tensor::empty(s.x.shape(), dy.dtype(), dy.device());
       kernels::quadratic_feature_map_backward(rebased_map(in_dim_), s.u, dy, du);
       kernels::layernorm_backward(s.x, gamma_->value, s.mean, s.rstd, du, dx, gamma_->grad,
                                   beta_->grad);

@@ -12,7 +12,7 @@ namespace {
 Tensor zero_rows_in_front(const Tensor& t, int64_t rows) {
   Shape s = t.shape();
   s[1] = rows;
-  return kernels::concat_time(Tensor::zeros(s, t.dtype()), t);
+  return kernels::concat_time(Tensor::zeros(s, t.dtype(), t.device()), t);
 }
 
 }  // namespace
@@ -33,7 +33,7 @@ Tensor split_halo(const Tensor& d, int64_t rows, Tensor* d_halo) {
 }
 
 Tensor short_conv_segment_forward(const Tensor& x_ext, const Tensor& w, bool silu) {
-  Tensor y = Tensor::empty(x_ext.shape(), x_ext.dtype());
+  Tensor y = Tensor::empty(x_ext.shape(), x_ext.dtype(), x_ext.device());
   kernels::short_conv_forward(x_ext, w, silu, y);
   const int64_t halo = w.dim(1) - 1;
   return halo > 0 ? kernels::slice_time(y, halo, x_ext.dim(1)) : y;
@@ -43,7 +43,7 @@ Tensor short_conv_segment_backward(const Tensor& x_ext, const Tensor& w, bool si
                                    const Tensor& dy, Tensor& dw) {
   // The dropped halo outputs received no gradient.
   const int64_t halo = w.dim(1) - 1;
-  Tensor dx = Tensor::empty(x_ext.shape(), x_ext.dtype());
+  Tensor dx = Tensor::empty(x_ext.shape(), x_ext.dtype(), x_ext.device());
   kernels::short_conv_backward(x_ext, w, silu, halo > 0 ? zero_rows_in_front(dy, halo) : dy, dx,
                                dw);
   return dx;
