@@ -266,7 +266,8 @@ __global__ void __launch_bounds__(kThreads)
     pair_of(p, pi, pj);
     const int s = pj * kSub + u;
     const float r = sb[(pi * kSub - 1) * ldb + i];
-    sKp[(p * kSub + u) * ldk + i] = __float2bfloat16_rn(sk[s * ldb + i] * __expf(r - sb[s * ldb + i]));
+    sKp[(p * kSub + u) * ldk + i] =
+        __float2bfloat16_rn(sk[s * ldb + i] * __expf(r - sb[s * ldb + i]));
   }
   __syncthreads();
   // (3) off-diagonal score blocks on tensor cores, then the diagonal ones.
@@ -347,7 +348,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int e = lane; e < kSub * (Dv / 2); e += 32) {
     const int r = e / (Dv / 2), col = e % (Dv / 2), t = rg * kSub + r;
     if (t < len)
-      out[d.row(b, t0 + t, h) * Dv + ch * (Dv / 2) + col] = from_float<T>(mult * st[r * L::ldst + col]);
+      out[d.row(b, t0 + t, h) * Dv + ch * (Dv / 2) + col] =
+          from_float<T>(mult * st[r * L::ldst + col]);
   }
 }
 
@@ -396,8 +398,8 @@ __global__ void __launch_bounds__(kThreads)
   load_rows(kDk ? q : k, d, Dk, b, h, t0, len, sx, ldb);
   load_rows(kDk ? v : d_o, d, Dv, b, h, t0, len, sYi, ldv);
   load_rows(kDk ? d_o : v, d, Dv, b, h, t0, len, sYo, ldv);
-  load_state_bf16(states + (int64_t(bh) * (d.NC + 1) + c + (kDk ? 1 : 0)) * d.state_size(), Dk,
-                  Dv, sS, ldv);
+  load_state_bf16(states + (int64_t(bh) * (d.NC + 1) + c + (kDk ? 1 : 0)) * d.state_size(), Dk, Dv,
+                  sS, ldv);
   __syncthreads();
   const bf16* sDo = kDk ? sYo : sYi;
   const bf16* sV = kDk ? sYi : sYo;
@@ -631,8 +633,8 @@ void vector_decay_scan_forward(const Tensor& q, const Tensor& k, const Tensor& v
     using T = decltype(tag);
     with_sizes(d, [&](auto dk, auto dv) {
       constexpr int Dk = decltype(dk)::value, Dv = decltype(dv)::value;
-      chunk_states<T, Dk, Dv>(ptr<T>(k), ptr<T>(v), gk, d, 1.0f, true, 1, states,
-                              G.data<float>(), dev);
+      chunk_states<T, Dk, Dv>(ptr<T>(k), ptr<T>(v), gk, d, 1.0f, true, 1, states, G.data<float>(),
+                              dev);
       scan_states(states, G, d, initial_state, false,
                   final_state.defined() ? final_state.data<float>() : nullptr, dev);
       if (!o.defined()) return;  // only the final state
@@ -657,8 +659,8 @@ void vector_decay_scan_backward(const Tensor& q, const Tensor& k, const Tensor& 
     with_sizes(d, [&](auto dk_size, auto dv_size) {
       constexpr int Dk = decltype(dk_size)::value, Dv = decltype(dv_size)::value;
       // S_0 .. S_NC, then dS: W_c = scale sum_t (q_t (.) exp(b_t))^T dO_t per chunk, reversed.
-      chunk_states<T, Dk, Dv>(ptr<T>(k), ptr<T>(v), gk, d, 1.0f, true, 1, states,
-                              G.data<float>(), dev);
+      chunk_states<T, Dk, Dv>(ptr<T>(k), ptr<T>(v), gk, d, 1.0f, true, 1, states, G.data<float>(),
+                              dev);
       scan_states(states, G, d, initial_state, false, nullptr, dev);
       chunk_states<T, Dk, Dv>(ptr<T>(q), ptr<T>(d_o), gk, d, scale, false, 0, dstates, nullptr,
                               dev);
@@ -677,8 +679,8 @@ void vector_decay_scan_backward(const Tensor& q, const Tensor& k, const Tensor& 
       if (dgk.defined() || !f32) {
         gate_grad_kernel<T><<<dim3(d.NC, d.B * d.H), Dk, 0, dev.stream>>>(
             ptr<T>(q), ptr<T>(k), dq32.data<float>(), dk32.data<float>(), states.data<float>(),
-            dstates.data<float>(), d, dgk.defined() ? dgk.data<float>() : nullptr, !f32,
-            ptr<T>(dq), ptr<T>(dk));
+            dstates.data<float>(), d, dgk.defined() ? dgk.data<float>() : nullptr, !f32, ptr<T>(dq),
+            ptr<T>(dk));
         CUDA_CHECK_LAUNCH();
       }
     });
