@@ -34,7 +34,7 @@
 // accumulation. The operands (q, k, v, dO, the decayed copies, A, P, S_c, dS) enter the tensor
 // cores rounded to bf16, also for f32 storage; the decays, the states (workspace and scan), the
 // accumulators, dq, dk before rounding, and dgk are f32. Tolerance against the f64 CPU reference:
-// 2e-2 of the largest value for o, dq, dk, dv and dgk, 1e-2 for the states, f32 or bf16 storage
+// 2e-2 of the largest value for o, dq, dk, dv, dgk and the states, f32 or bf16 storage
 // (tests/cuda/vector_decay_scan_cuda_test.cpp, docs/cuda.md).
 //
 // q, k, v, dO f32 or bf16 (one dtype, the outputs' too), gk, states and dgk f32; Dk, Dv in

@@ -9,10 +9,12 @@
 // k, v, dO, their decayed copies, the scores, P and the states are rounded to 8 significant bits
 // on the way in; accumulation, decays and states stay f32), so both storages are held to bf16-level
 // bounds, as the scalar chunk scan and softmax attention are: 2e-2 of the largest reference value
-// for o, dq, dk, dv (sums of up to Dk * 64 rounded products, plus one rounding of bf16 outputs) and
-// for dgk (a sum of differences q dq - k dk that partly cancel), 1e-2 for S_out and dS_in (f32
-// results of rounded chunk sums). The strong gates (exp(b) down to 1e-20 within a chunk) check
-// the sub-chunk factorisation: its factors are <= 1, so nothing overflows or loses range.
+// for o, dq, dk, dv (sums of up to Dk * 64 rounded products, plus one rounding of bf16 outputs),
+// dgk (a sum of differences q dq - k dk that partly cancel) and the states S_out, dS_in (under
+// strong gates a state is a few recent terms, each off by up to two roundings, 2 * 2^-9; a host
+// emulation of the kernels measured 2.5e-3 to 5.6e-3 for the states, up to 4.6e-3 elsewhere). The
+// strong gates (exp(b) down to 1e-20 within a chunk) check the sub-chunk factorisation: its factors
+// are <= 1, so nothing overflows or loses range.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -69,18 +71,18 @@ void run_case(const Case& c) {
   kernels::gated_linear_attention_chunked_backward(q_r, k_r, v_r, g_r, Tensor(), scale, chunk,
                                                    ref64(s_in), do_r, ref64(ds_out), dq_r, dk_r,
                                                    dv_r, dgk_r, no_dgv_r, ds_in_r);
-  const double tol = 2e-2, tol_state = 1e-2, tol_dg = 2e-2;
+  const double tol = 2e-2;
   struct Out {
     const char* what;
     const Tensor *got, *ref;
     double tol;
   } outs[] = {{"o", &o, &o_r, tol},
-              {"S_out", &s_out, &s_out_r, tol_state},
+              {"S_out", &s_out, &s_out_r, tol},
               {"dq", &dq, &dq_r, tol},
               {"dk", &dk, &dk_r, tol},
               {"dv", &dv, &dv_r, tol},
-              {"dgk", &dgk, &dgk_r, tol_dg},
-              {"dS_in", &ds_in, &ds_in_r, tol_state}};
+              {"dgk", &dgk, &dgk_r, tol},
+              {"dS_in", &ds_in, &ds_in_r, tol}};
   std::printf("%s:", name.c_str());
   for (const Out& x : outs) {
     const double e = rel_err(*x.got, *x.ref);
