@@ -11,8 +11,8 @@
 // bounds, as the scalar chunk scan and softmax attention are: 2e-2 of the largest reference value
 // for o, dq, dk, dv (sums of up to Dk * 64 rounded products, plus one rounding of bf16 outputs),
 // dgk (a sum of differences q dq - k dk that partly cancel) and the states S_out, dS_in (under
-// strong gates a state is a few recent terms, each off by up to two roundings, 2 * 2^-9; a host
-// emulation of the kernels measured 2.5e-3 to 5.6e-3 for the states, up to 4.6e-3 elsewhere). The
+// strong gates a state is a few recent terms, each off by up to two roundings, 2 * 2^-9; measured
+// on an H200: at most 5.9e-3 for the states, 4.8e-3 elsewhere, the strong gates included). The
 // strong gates (exp(b) down to 1e-20 within a chunk) check the sub-chunk factorisation: its factors
 // are <= 1, so nothing overflows or loses range.
 #include <cmath>
