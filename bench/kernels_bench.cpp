@@ -224,40 +224,47 @@ void attention_benches() {
   }
 }
 
-// The decay scans at the zoo's shape B = 8, T = 4096, H = 8, D = 128 (bf16 q, k, v, dO, f32
-// gates <= 0): the scalar-decay chunk scan (Lightning, simple GLA) and the vector-decay scan (GLA,
-// HGRN2), forward and backward (with dgk). The FLOP counts are the useful products only: forward
-// per chunk of C tokens 2 C Dk Dv (state) + 2 C Dk Dv (inter-chunk output) + C^2 (Dk + Dv)
-// (causal scores and their product); backward 2.5 times that.
+// The decay scans (bf16 q, k, v, dO, f32 gates logsigmoid(z) / 16 <= 0): the scalar-decay chunk
+// scan (Lightning, simple GLA) and the vector-decay scan (GLA, HGRN2), forward, backward (with
+// dgk) and forward + backward, at the zoo's shape B = 8, T = 4096, H = 8, D = 128 and at
+// B = 1, T = 32768 (the long-sequence rows of docs/performance.md). The FLOP counts are the useful
+// products only: forward per chunk of C tokens 2 C Dk Dv (state) + 2 C Dk Dv (inter-chunk output)
+// + C^2 (Dk + Dv) (causal scores and their product); backward 2.5 times that.
 void decay_scan_benches() {
-  const int64_t B = 8, T = 4096, H = 8, D = 128, C = 64;
-  const linea::Shape qs{B, T, H, D};
-  const std::string s = "[8, 4096, 8, 128] bf16";
-  Tensor q = randn(qs, DType::kBF16, 21), k = randn(qs, DType::kBF16, 22);
-  Tensor v = randn(qs, DType::kBF16, 23), d_o = randn(qs, DType::kBF16, 24);
-  Tensor o = Tensor::empty(qs, DType::kBF16, kGpu), none;
-  Tensor dq = Tensor::empty(qs, DType::kBF16, kGpu), dk = dq.clone(), dv = dq.clone();
-  const double fwd = double(B) * H * (T / C) * (4.0 * C * D * D + double(C) * C * 2 * D);
-  for (bool vector : {false, true}) {
-    const linea::Shape gs = vector ? qs : linea::Shape{B, T, H};
-    Tensor z = randn(gs, DType::kF32, 25), gk = Tensor::empty(gs, DType::kF32, kGpu);
-    linea::kernels::log_sigmoid_decay_forward(z, 16.0, gk);
-    Tensor dgk = Tensor::empty(gs, DType::kF32, kGpu);
-    const std::string n = vector ? "gla vector decay" : "gla scalar decay";
-    bench(
-        n + " fwd", s, fwd, true,
-        [&] {
-          linea::kernels::gated_linear_attention_chunked_forward(q, k, v, gk, none, 0.088, C, none,
-                                                                 o, none);
-        },
-        20);
-    bench(
-        n + " bwd", s, 2.5 * fwd, true,
-        [&] {
-          linea::kernels::gated_linear_attention_chunked_backward(
-              q, k, v, gk, none, 0.088, C, none, d_o, none, dq, dk, dv, dgk, none, none);
-        },
-        20);
+  const int64_t H = 8, D = 128, C = 64;
+  for (auto [B, T] :
+       {std::pair{int64_t(8), int64_t(4096)}, std::pair{int64_t(1), int64_t(32768)}}) {
+    const linea::Shape qs{B, T, H, D};
+    const std::string s = "[" + std::to_string(B) + ", " + std::to_string(T) + ", 8, 128] bf16";
+    Tensor q = randn(qs, DType::kBF16, 21), k = randn(qs, DType::kBF16, 22);
+    Tensor v = randn(qs, DType::kBF16, 23), d_o = randn(qs, DType::kBF16, 24);
+    Tensor o = Tensor::empty(qs, DType::kBF16, kGpu), none;
+    Tensor dq = Tensor::empty(qs, DType::kBF16, kGpu), dk = dq.clone(), dv = dq.clone();
+    const double fwd = double(B) * H * (T / C) * (4.0 * C * D * D + double(C) * C * 2 * D);
+    for (bool vector : {false, true}) {
+      const linea::Shape gs = vector ? qs : linea::Shape{B, T, H};
+      Tensor z = randn(gs, DType::kF32, 25), gk = Tensor::empty(gs, DType::kF32, kGpu);
+      linea::kernels::log_sigmoid_decay_forward(z, 16.0, gk);
+      Tensor dgk = Tensor::empty(gs, DType::kF32, kGpu);
+      const std::string n = vector ? "gla vector decay" : "gla scalar decay";
+      auto forward = [&] {
+        linea::kernels::gated_linear_attention_chunked_forward(q, k, v, gk, none, 0.088, C, none, o,
+                                                               none);
+      };
+      auto backward = [&] {
+        linea::kernels::gated_linear_attention_chunked_backward(
+            q, k, v, gk, none, 0.088, C, none, d_o, none, dq, dk, dv, dgk, none, none);
+      };
+      bench(n + " fwd", s, fwd, true, forward, 20);
+      bench(n + " bwd", s, 2.5 * fwd, true, backward, 20);
+      bench(
+          n + " fwd+bwd", s, 3.5 * fwd, true,
+          [&] {
+            forward();
+            backward();
+          },
+          20);
+    }
   }
 }
 

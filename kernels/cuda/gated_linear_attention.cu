@@ -6,8 +6,8 @@
 // forward's final state when a gradient reaches it (recomputed by a state-only scan). What differs
 // from the CPU contract:
 //  - a vector gate (gk [B, T, H, Dk]: GLA, HGRN2) runs the vector-decay scan instead
-//    (kernels/cuda/vector_decay_scan.h: f32 arithmetic, q, k, v of one dtype); gv (GSA) is not on
-//    CUDA yet: an error says so;
+//    (kernels/cuda/vector_decay_scan.h: tensor cores on sub-chunks, q, k, v of one dtype); gv
+//    (GSA) is not on CUDA yet: an error says so;
 //  - q, k, v, dO enter the tensor cores in bf16; the gates, states and dgk are f32;
 //  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128} with gates, any Dk
 //    without (blocks of key columns, below), Dv a multiple of 64.

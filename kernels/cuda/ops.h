@@ -154,7 +154,8 @@ void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const T
 
 // kernels/gated_linear_attention.h for a scalar gk [B, T, H] and no gv (Lightning, RetNet, Mamba2,
 // simple GLA): the decayed chunk scan; for a vector gk [B, T, H, Dk] (GLA, HGRN2): the vector-decay
-// scan (kernels/cuda/vector_decay_scan.h, f32 arithmetic); gates, states and dgk f32; gv refused.
+// scan (kernels/cuda/vector_decay_scan.h, bf16 tensor cores); gates, states and dgk f32; gv
+// refused.
 void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                             const Tensor& gk, const Tensor& gv, double scale,
                                             int64_t chunk, const Tensor& initial_state, Tensor& o,

@@ -23,12 +23,25 @@
 // scaling S_(c+1), so d/db_t is q_t (.) dq_t - k_t (.) dk_t, plus the rowsum at the last token,
 // and gk_r moves every b_t with t >= r of its chunk.)
 //
-// Arithmetic f32 (CUDA cores, not tensor cores: the decay differs per contracted coordinate, so the
-// intra-chunk scores take one exp per (t, s, d) term); q, k, v, dO f32 or bf16 (one dtype, the
-// outputs' too), gk, states and dgk f32; Dk, Dv in {64, 128}; any T (the last chunk may be
-// partial). dq and dk are kept in f32 until dgk has read them. Work on the device's current
-// stream; workspaces from the caching allocator: (T / 64 + 1) states per (b, h), twice in the
-// backward.
+// Tensor cores (secondary chunking, Yang et al. 2024): each chunk is 4 sub-chunks of 16 rows. For
+// t in sub-chunk i, s in sub-chunk j < i and R = b at a boundary between them,
+// exp(b_t - b_s) = exp(b_t - R) exp(R - b_s) with both factors <= 1 whatever the decay strength,
+// so the off-diagonal 16 x 16 blocks of A, of dq's sum and of dk's sum are plain products of
+// pre-scaled operands (q (.) exp(b - R), k (.) exp(R - b)); the 4 diagonal blocks keep the exact
+// per-term form (one exp per (t, s, d), f32 on CUDA cores). Every other product (the chunk sums
+// (k (.) exp(b_last - b))^T v and (q (.) exp(b))^T dO, (q (.) exp(b)) S_c, A v, P = dO v^T,
+// dO S_c^T, v dS^T, (k (.) exp(b_last - b)) dS, A^T dO) is WMMA bf16 m16n16k16 with f32
+// accumulation. The operands (q, k, v, dO, the decayed copies, A, P, S_c, dS) enter the tensor
+// cores rounded to bf16, also for f32 storage; the decays, the states (workspace and scan), the
+// accumulators, dq, dk before rounding, and dgk are f32. Tolerance against the f64 CPU reference:
+// 2e-2 of the largest value for o, dq, dk, dv, dgk and the states, f32 or bf16 storage
+// (tests/cuda/vector_decay_scan_cuda_test.cpp, docs/cuda.md).
+//
+// q, k, v, dO f32 or bf16 (one dtype, the outputs' too), gk, states and dgk f32; Dk, Dv in
+// {64, 128}; any T (the last chunk may be partial). dq and dk are kept in f32 until dgk has read
+// them. Work on the device's current stream; workspaces from the caching allocator: (T / 64 + 1)
+// states per (b, h), twice in the backward. Kernels: the chunk sums (step 1), the state scan (2),
+// the outputs (3, also dv: the same kernel with A^T), and dq, dk (one kernel, two instances).
 #pragma once
 
 #include "core/tensor/tensor.h"

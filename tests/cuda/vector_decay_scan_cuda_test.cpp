@@ -5,10 +5,16 @@
 // a partial last chunk, T = 200), D in {64, 128}, gates from gentle (GLA's logsigmoid / 16) to
 // strong (logsigmoid, about -0.7 a token: exp(b) reaches 1e-20 within a chunk).
 //
-// Tolerance: the scan computes in f32 (CUDA cores, every exponent <= 0), so f32 inputs are held to
-// 1e-4 of the largest reference value (sums of up to Dk * 64 terms and one exp per term), dgk (a
-// sum of differences q dq - k dk) to 1e-3; bf16 inputs and outputs to kTolBF16 (one rounding of the
-// outputs), dgk from them 2e-2 (the scan's tolerance, docs/cuda.md).
+// Tolerance: the scan's products run on tensor cores with bf16 operands, also for f32 storage (q,
+// k, v, dO, their decayed copies, the scores, P and the states are rounded to 8 significant bits
+// on the way in; accumulation, decays and states stay f32), so both storages are held to bf16-level
+// bounds, as the scalar chunk scan and softmax attention are: 2e-2 of the largest reference value
+// for o, dq, dk, dv (sums of up to Dk * 64 rounded products, plus one rounding of bf16 outputs),
+// dgk (a sum of differences q dq - k dk that partly cancel) and the states S_out, dS_in (under
+// strong gates a state is a few recent terms, each off by up to two roundings, 2 * 2^-9; measured
+// on an H200: at most 5.9e-3 for the states, 4.8e-3 elsewhere, the strong gates included). The
+// strong gates (exp(b) down to 1e-20 within a chunk) check the sub-chunk factorisation: its factors
+// are <= 1, so nothing overflows or loses range.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -65,19 +71,18 @@ void run_case(const Case& c) {
   kernels::gated_linear_attention_chunked_backward(q_r, k_r, v_r, g_r, Tensor(), scale, chunk,
                                                    ref64(s_in), do_r, ref64(ds_out), dq_r, dk_r,
                                                    dv_r, dgk_r, no_dgv_r, ds_in_r);
-  const bool bf = c.dt == DType::kBF16;
-  const double tol = bf ? kTolBF16 : 1e-4, tol_state = 1e-4, tol_dg = bf ? 2e-2 : 1e-3;
+  const double tol = 2e-2;
   struct Out {
     const char* what;
     const Tensor *got, *ref;
     double tol;
   } outs[] = {{"o", &o, &o_r, tol},
-              {"S_out", &s_out, &s_out_r, tol_state},
+              {"S_out", &s_out, &s_out_r, tol},
               {"dq", &dq, &dq_r, tol},
               {"dk", &dk, &dk_r, tol},
               {"dv", &dv, &dv_r, tol},
-              {"dgk", &dgk, &dgk_r, tol_dg},
-              {"dS_in", &ds_in, &ds_in_r, tol_state}};
+              {"dgk", &dgk, &dgk_r, tol},
+              {"dS_in", &ds_in, &ds_in_r, tol}};
   std::printf("%s:", name.c_str());
   for (const Out& x : outs) {
     const double e = rel_err(*x.got, *x.ref);
@@ -98,6 +103,9 @@ TEST(VectorDecayScanCuda, MatchesCpuChunked) {
   run_case({200, 64, 0.25, DType::kF32});
   run_case({200, 128, 1.0 / 16, DType::kBF16});
   run_case({256, 128, 1.0, DType::kBF16});
+  // Gates 4x logsigmoid (about -3 a token): exp(b) underflows f32 within a chunk, so an unsplit
+  // exp(b_t) exp(-b_s) would overflow; the sub-chunk factors stay <= 1.
+  run_case({256, 64, 4.0, DType::kF32});
 }
 
 // Without incoming state, final state or their gradients, and without dgk (HGRN2-style callers
