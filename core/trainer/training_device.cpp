@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+
 #include "core/config/config.h"
 #include "core/modules/mixers/mixer_factories.h"  // mixer_head_dim
 #include "core/modules/mixers/token_mixer.h"
@@ -17,7 +19,8 @@ namespace {
 
 constexpr const char* kWhatRuns =
     "train.device = cuda runs: L layers LINEAR_ATTENTION (feature map IDENTITY, ELU_PLUS_ONE or "
-    "RELU, no window), LIGHTNING, RETNET, SIMPLE_GLA, GLA or HGRN2, without short convolution, "
+    "RELU, no window), LIGHTNING, RETNET, SIMPLE_GLA, GLA, HGRN2, DELTANET or GATED_DELTANET, "
+    "without short convolution (short_conv OFF for the delta kinds, whose default is on), "
     "with key heads of 64 or 128 and values a multiple of 64; N layers softmax attention with "
     "heads of 64 or 128; DENSE or MOE channel mixers; train.dtype f32 (train.precision f32 or "
     "bf16); any DP, SP and EP layout (docs/cuda.md)";
@@ -25,7 +28,8 @@ constexpr const char* kWhatRuns =
 bool gpu_mixer_kind(config::MixerConfig::Kind k) {
   using MC = config::MixerConfig;
   return k == MC::LINEAR_ATTENTION || k == MC::LIGHTNING || k == MC::RETNET ||
-         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2;
+         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2 || k == MC::DELTANET ||
+         k == MC::GATED_DELTANET;
 }
 
 void check_gpu_model(const config::Config& cfg) {
@@ -48,11 +52,15 @@ void check_gpu_model(const config::Config& cfg) {
     const MC m = mixer_config_for_layer(cfg, layer);
     const bool map_ok = m.kind() != MC::LINEAR_ATTENTION || m.feature_map() == MC::IDENTITY ||
                         m.feature_map() == MC::ELU_PLUS_ONE || m.feature_map() == MC::RELU;
-    const bool conv = m.short_conv() == MC::ON;
+    const bool delta = m.kind() == MC::DELTANET || m.kind() == MC::GATED_DELTANET;
+    // The delta mixers keep their short convolution unless it is turned off (both papers).
+    const bool conv = m.short_conv() == MC::ON || (delta && m.short_conv() == MC::DEFAULT);
     MixerContext ctx;
     ctx.hidden = cfg.model().hidden_size();
     const int64_t dk = mixer_head_dim(ctx, m);
-    const int64_t dv = m.value_dim() > 0 ? m.value_dim() : dk;
+    const int64_t dv = m.value_dim() > 0 ? m.value_dim()
+                       : delta          ? static_cast<int64_t>(std::llround(m.expand_v() * dk))
+                                        : dk;
     LINEA_USER_CHECK(gpu_mixer_kind(m.kind()) && map_ok && m.window_size() == 0 && !conv &&
                          (dk == 64 || dk == 128) && dv % 64 == 0,
                      kWhatRuns)
