@@ -59,8 +59,8 @@ void check_gpu_model(const config::Config& cfg) {
     ctx.hidden = cfg.model().hidden_size();
     const int64_t dk = mixer_head_dim(ctx, m);
     const int64_t dv = m.value_dim() > 0 ? m.value_dim()
-                       : delta          ? static_cast<int64_t>(std::llround(m.expand_v() * dk))
-                                        : dk;
+                       : delta           ? static_cast<int64_t>(std::llround(m.expand_v() * dk))
+                                         : dk;
     LINEA_USER_CHECK(gpu_mixer_kind(m.kind()) && map_ok && m.window_size() == 0 && !conv &&
                          (dk == 64 || dk == 128) && dv % 64 == 0,
                      kWhatRuns)

@@ -202,18 +202,18 @@ __device__ void build_scores(float* p, const Gates& s, const TIn* qc, const TIn*
 
 template <typename TIn>
 __global__ void __launch_bounds__(kThreads)
-    factors_kernel(Geo geo, const TIn* k, const TIn* v, const float* g, const float* beta,
-                   float* W, float* U) {
+    factors_kernel(Geo geo, const TIn* k, const TIn* v, const float* g, const float* beta, float* W,
+                   float* U) {
   extern __shared__ __align__(16) float smem[];
   Gates& s = *reinterpret_cast<Gates*>(smem);
   float* sT = smem + sizeof(Gates) / sizeof(float);  // Tinv diag(beta)
-  float* sA = sT + kC * kLd;                          // Tinv diag(beta gamma)
+  float* sA = sT + kC * kLd;                         // Tinv diag(beta gamma)
   const ChunkAt ch(geo, blockIdx.y, blockIdx.x);
   const int64_t ldk = int64_t(geo.H) * geo.Dk, ldv = int64_t(geo.H) * geo.Dv;
   const TIn* kc = ch.rows(k, geo, geo.Dk);
   load_gates(s, geo, ch, g, beta);
-  bgemm(kC, kC, geo.Dk, 1.0f, mat(kc, ldk, false, ch.valid), mat(kc, ldk, true, ch.valid), 0.0f,
-        sT, kLd);
+  bgemm(kC, kC, geo.Dk, 1.0f, mat(kc, ldk, false, ch.valid), mat(kc, ldk, true, ch.valid), 0.0f, sT,
+        kLd);
   __syncthreads();
   build_inverse(sT, s);
   for (int e = threadIdx.x; e < kC * kC; e += blockDim.x) {
@@ -234,13 +234,13 @@ __global__ void __launch_bounds__(kThreads)
 
 struct StateArgs {
   const float* W;
-  float* U;                 // [B H, N 64, cols] or null (the transition: no values)
-  const float* s0;          // [B H, Dk, cols] or null
-  bool identity;            // with s0 null: start from I (cols = Dk)
-  float* states;            // [B H, N, Dk, cols] incoming states, or null
-  bool write_ut;            // U <- U~ (the forward)
-  float* final_state;       // [B H, Dk, cols] or null
-  int cols;                 // Dv, or Dk for the transition
+  float* U;            // [B H, N 64, cols] or null (the transition: no values)
+  const float* s0;     // [B H, Dk, cols] or null
+  bool identity;       // with s0 null: start from I (cols = Dk)
+  float* states;       // [B H, N, Dk, cols] incoming states, or null
+  bool write_ut;       // U <- U~ (the forward)
+  float* final_state;  // [B H, Dk, cols] or null
+  int cols;            // Dv, or Dk for the transition
 };
 
 template <typename TIn>
@@ -274,8 +274,8 @@ __global__ void __launch_bounds__(kThreads)
     if (a.write_ut)
       for (int e = threadIdx.x; e < kC * kCols; e += blockDim.x)
         uc[int64_t(e / kCols) * cols + e % kCols] = sUt[(e / kCols) * kLd + e % kCols];
-    bgemm(Dk, kCols, kC, 1.0f, mat(ch.rows(k, geo, Dk), ldk, true, ch.valid, s.tail),
-          mat(sUt, kLd), s.gamma[kC - 1], sS, kLd);
+    bgemm(Dk, kCols, kC, 1.0f, mat(ch.rows(k, geo, Dk), ldk, true, ch.valid, s.tail), mat(sUt, kLd),
+          s.gamma[kC - 1], sS, kLd);
     __syncthreads();
   }
   if (a.final_state)
@@ -305,8 +305,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j0 = 0; j0 < Dv; j0 += kCols) {
     bgemm(kC, kCols, Dk, 1.0f, mat(qc, ldk, false, ch.valid, s.gamma),
           mat(states + ch.state(geo) + j0, Dv), 0.0f, sO, kLd);
-    bgemm(kC, kCols, kC, 1.0f, mat(sP, kLd), mat(Ut + ch.scratch(geo, Dv) + j0, Dv), 1.0f, sO,
-          kLd);
+    bgemm(kC, kCols, kC, 1.0f, mat(sP, kLd), mat(Ut + ch.scratch(geo, Dv) + j0, Dv), 1.0f, sO, kLd);
     __syncthreads();
     for (int e = threadIdx.x; e < kC * kCols; e += blockDim.x) {
       const int i = e / kCols, c = e % kCols;
@@ -330,16 +329,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ldk = int64_t(geo.H) * geo.Dk, ldv = int64_t(geo.H) * geo.Dv;
   load_gates(s, geo, ch, g, nullptr);
   build_scores(sP, s, ch.rows(q, geo, geo.Dk), ch.rows(k, geo, geo.Dk), ldk, geo.Dk, ch.valid);
-  bgemm(kC, geo.Dv, kC, geo.scale, mat(sP, kLd, true), mat(ch.rows(d_o, geo, geo.Dv), ldv, false,
-        ch.valid), 0.0f, dU + ch.scratch(geo, geo.Dv), geo.Dv);
+  bgemm(kC, geo.Dv, kC, geo.scale, mat(sP, kLd, true),
+        mat(ch.rows(d_o, geo, geo.Dv), ldv, false, ch.valid), 0.0f, dU + ch.scratch(geo, geo.Dv),
+        geo.Dv);
 }
 
 struct ReverseArgs {
   const float* W;
-  float* dU;                // in: scale P^T dO; out: dU~
-  const float* ds_final;    // [B H, Dk, Dv] or null
-  float* dstates;           // [B H, N, Dk, Dv]: the gradient reaching each chunk's outgoing state
-  float* ds_initial;        // [B H, Dk, Dv] or null
+  float* dU;              // in: scale P^T dO; out: dU~
+  const float* ds_final;  // [B H, Dk, Dv] or null
+  float* dstates;         // [B H, N, Dk, Dv]: the gradient reaching each chunk's outgoing state
+  float* ds_initial;      // [B H, Dk, Dv] or null
 };
 
 template <typename TIn>
@@ -412,16 +412,16 @@ __global__ void __launch_bounds__(kThreads)
   float* scol = sdbeta + kC;
   float* stoend = scol + kC;
   float* red = stoend + kC;
-  float* sKK = red + 32;        // K K^T, then the dbeta terms of the pairs
-  float* sQK = sKK + kC * kLd;  // Q K^T, then d(exponent) of the pairs
-  float* sTi = sQK + kC * kLd;  // Tinv
-  float* sDP = sTi + kC * kLd;  // dP, then dQK
-  float* sDL = sDP + kC * kLd;  // dL, then dKK
-  float* sUt = sDL + kC * kLd;  // [C, 64]: U~, then dY_U
-  float* sDY = sUt + kC * kLd;  // [C, 64]: dU~
-  float* sDKT = sDY + kC * kLd;     // [C, Dk]: d(K ⊙ tail), then dk
-  float* sDQG = sDKT + kC * ldw;    // [C, Dk]: d(gamma ⊙ Q), then dq
-  float* sDW = sDQG + kC * ldw;     // [C, Dk]: dW, then dY_W
+  float* sKK = red + 32;          // K K^T, then the dbeta terms of the pairs
+  float* sQK = sKK + kC * kLd;    // Q K^T, then d(exponent) of the pairs
+  float* sTi = sQK + kC * kLd;    // Tinv
+  float* sDP = sTi + kC * kLd;    // dP, then dQK
+  float* sDL = sDP + kC * kLd;    // dL, then dKK
+  float* sUt = sDL + kC * kLd;    // [C, 64]: U~, then dY_U
+  float* sDY = sUt + kC * kLd;    // [C, 64]: dU~
+  float* sDKT = sDY + kC * kLd;   // [C, Dk]: d(K ⊙ tail), then dk
+  float* sDQG = sDKT + kC * ldw;  // [C, Dk]: d(gamma ⊙ Q), then dq
+  float* sDW = sDQG + kC * ldw;   // [C, Dk]: dW, then dY_W
   const ChunkAt ch(geo, blockIdx.y, blockIdx.x);
   const int64_t ldk = int64_t(geo.H) * Dk, ldv = int64_t(geo.H) * Dv;
   const TIn* qc = ch.rows(q, geo, Dk);
@@ -608,8 +608,8 @@ void check_gate(const Tensor& t, const Dims& d, const Tensor& ref, const char* o
   check_dtype(t, DType::kF32, op, name);
   check_same_device(t, ref, op, name, "k");
   LINEA_CHECK(t.shape() == (Shape{d.B, d.T, d.H}))
-      << op << ": " << name << " " << describe(t) << " must be f32 [B, T, H] = "
-      << shape_str({d.B, d.T, d.H});
+      << op << ": " << name << " " << describe(t)
+      << " must be f32 [B, T, H] = " << shape_str({d.B, d.T, d.H});
 }
 
 void check_state(const Tensor& t, const Shape& want, const Tensor& ref, const char* op,
@@ -627,9 +627,8 @@ Dims check_keys(const Tensor& k, const Tensor& g, const Tensor& beta, const char
   LINEA_CHECK(k.ndim() == 4) << op << ": k " << describe(k) << " must be [B, T, H, Dk]";
   LINEA_CHECK(k.numel() < (int64_t(1) << 40)) << op << ": k " << describe(k) << " is too large";
   const Dims d{int(k.dim(0)), int(k.dim(1)), int(k.dim(2)), int(k.dim(3)), 0};
-  LINEA_CHECK(d.Dk == 64 || d.Dk == 128)
-      << op << ": k " << describe(k) << ": key heads of " << d.Dk
-      << " are not supported on CUDA (64 or 128)";
+  LINEA_CHECK(d.Dk == 64 || d.Dk == 128) << op << ": k " << describe(k) << ": key heads of " << d.Dk
+                                         << " are not supported on CUDA (64 or 128)";
   check_gate(beta, d, k, op, "beta");
   if (g.defined()) check_gate(g, d, k, op, "g");
   return d;
@@ -705,10 +704,12 @@ void delta_rule_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& 
          states = scratch(BH * geo.N * d.Dk * d.Dv, dev);
   dispatch(k.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    StateArgs sa{W.data<float>(), U.data<float>(), fptr(initial_state), false,
-                 states.data<float>(), true, fptr(final_state), d.Dv};
-    factors_and_states<T>(geo, ptr<T>(k), ptr<T>(v), fptr(g), beta.data<float>(),
-                          W.data<float>(), U.data<float>(), sa, on.stream);
+    StateArgs sa{W.data<float>(),      U.data<float>(),
+                 fptr(initial_state),  false,
+                 states.data<float>(), true,
+                 fptr(final_state),    d.Dv};
+    factors_and_states<T>(geo, ptr<T>(k), ptr<T>(v), fptr(g), beta.data<float>(), W.data<float>(),
+                          U.data<float>(), sa, on.stream);
     launch(output_kernel<T>, dim3(geo.N, unsigned(BH)), kGateFloats + 2 * kC * kLd, on.stream, geo,
            ptr<T>(q), ptr<T>(k), fptr(g), static_cast<const float*>(states.data<float>()),
            static_cast<const float*>(U.data<float>()), ptr<T>(o));
@@ -741,16 +742,21 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
   const Geo geo = geo_of(d, scale);
   const Device dev = k.device();
   OnDevice on(k);
-  const int64_t BH = int64_t(d.B) * d.H, rows = BH * geo.N * kC,
-                state_n = BH * geo.N * d.Dk * d.Dv;
+  const int64_t BH = int64_t(d.B) * d.H, rows = BH * geo.N * kC, state_n = BH * geo.N * d.Dk * d.Dv;
   Tensor W = scratch(rows * d.Dk, dev), U = scratch(rows * d.Dv, dev),
          dU = scratch(rows * d.Dv, dev), states = scratch(state_n, dev),
          dstates = scratch(state_n, dev);
   dispatch(k.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const float* gp = fptr(g);
-    StateArgs sa{W.data<float>(), U.data<float>(), fptr(initial_state), false,
-                 states.data<float>(), false, nullptr, d.Dv};
+    StateArgs sa{W.data<float>(),
+                 U.data<float>(),
+                 fptr(initial_state),
+                 false,
+                 states.data<float>(),
+                 false,
+                 nullptr,
+                 d.Dv};
     factors_and_states<T>(geo, ptr<T>(k), ptr<T>(v), gp, beta.data<float>(), W.data<float>(),
                           U.data<float>(), sa, on.stream);
     launch(local_du_kernel<T>, dim3(geo.N, unsigned(BH)), kGateFloats + kC * kLd, on.stream, geo,
@@ -760,8 +766,15 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
     launch(reverse_kernel<T>, dim3(d.Dv / kCols, unsigned(BH)),
            kGateFloats + size_t(d.Dk) * kLd + kC * kLd, on.stream, geo, ptr<T>(q), ptr<T>(k), gp,
            ptr<T>(d_o), ra);
-    GradArgs ga{W.data<float>(), U.data<float>(), dU.data<float>(), states.data<float>(),
-                dstates.data<float>(), dq.raw(), dk.raw(), dv.raw(), fptr(dg),
+    GradArgs ga{W.data<float>(),
+                U.data<float>(),
+                dU.data<float>(),
+                states.data<float>(),
+                dstates.data<float>(),
+                dq.raw(),
+                dk.raw(),
+                dv.raw(),
+                fptr(dg),
                 dbeta.data<float>()};
     launch(grads_kernel<T>, dim3(geo.N, unsigned(BH)), GradSmem::floats(d.Dk), on.stream, geo,
            ptr<T>(q), ptr<T>(k), ptr<T>(v), gp, beta.data<float>(), ptr<T>(d_o), ga);
@@ -784,7 +797,7 @@ void delta_rule_chunked_transition(const Tensor& k, const Tensor& g, const Tenso
   Tensor W = scratch(BH * geo.N * kC * d.Dk, dev);
   dispatch(k.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    StateArgs sa{W.data<float>(), nullptr, nullptr, true, nullptr, false,
+    StateArgs sa{W.data<float>(),          nullptr, nullptr, true, nullptr, false,
                  transition.data<float>(), d.Dk};
     factors_and_states<T>(geo, ptr<T>(k), static_cast<const T*>(nullptr), fptr(g),
                           beta.data<float>(), W.data<float>(), nullptr, sa, on.stream);

@@ -179,8 +179,7 @@ TEST(DeltaRuleCuda, TransitionComposesWithForward) {
   Tensor o1 = poisoned_cuda(vs, DType::kF32), s1 = poisoned_cuda(ss, DType::kF32);
   Tensor o0 = poisoned_cuda(vs, DType::kF32), s0 = poisoned_cuda(ss, DType::kF32);
   kernels::delta_rule_chunked_forward(in.q, in.k, in.v, in.g, in.beta, 0.125, 64, in.s_in, o1, s1);
-  kernels::delta_rule_chunked_forward(in.q, in.k, in.v, in.g, in.beta, 0.125, 32, Tensor(), o0,
-                                      s0);
+  kernels::delta_rule_chunked_forward(in.q, in.k, in.v, in.g, in.beta, 0.125, 32, Tensor(), o0, s0);
   Tensor a = poisoned_cuda({B, H, D, D}, DType::kF32);
   kernels::delta_rule_chunked_transition(in.k, in.g, in.beta, 64, a);
   // A S_in + S_out(0) in f64 on the host.

@@ -84,8 +84,7 @@ Tensor DeltaCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (s_out) *s_out = fin;
   if (tr) {
     tr->kind = Transition::Kind::kDense;
-    tr->dense =
-        Tensor::empty({q.dim(0), q.dim(2), q.dim(3), q.dim(3)}, state_dtype(q), q.device());
+    tr->dense = Tensor::empty({q.dim(0), q.dim(2), q.dim(3), q.dim(3)}, state_dtype(q), q.device());
     kernels::delta_rule_chunked_transition(k, g, beta, chunk, tr->dense);
   }
   return o;
