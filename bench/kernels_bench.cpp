@@ -5,7 +5,7 @@
 // (flash) at B8 T4096 H8 D128 bf16 0.512 ms forward, 2.164 ms forward + backward.
 //
 //   kernels_bench [--json out.json] [--quick] [--only GROUP]   (GROUP: gemm, norm, loss, optim,
-//   attention, decay, moe)
+//   attention, decay, delta, moe)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -24,10 +24,12 @@
 #include "kernels/adamw.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/delta_rule.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gated_linear_attention.h"
 #include "kernels/gates.h"
+#include "kernels/l2norm.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -268,6 +270,46 @@ void decay_scan_benches() {
   }
 }
 
+// The delta rule (DeltaNet, Gated DeltaNet) at the same shape: q, k L2-normalised rows, bf16 q, k,
+// v, dO, f32 beta in (0, 1) and g <= 0; forward, and backward with dg. FLOPs as for the decay scans
+// plus the chunk's K K^T, inverse and W, U: C^2 Dk + C^3 / 3 + C^2 (Dk + Dv) per chunk.
+void delta_rule_benches() {
+  const int64_t B = 8, T = 4096, H = 8, D = 128, C = 64;
+  const linea::Shape qs{B, T, H, D}, gs{B, T, H};
+  const std::string s = "[8, 4096, 8, 128] bf16";
+  auto unit_rows = [&](uint64_t seed) {
+    Tensor x = randn(qs, DType::kF32, seed), y = Tensor::empty(qs, DType::kF32, kGpu);
+    Tensor rstd = Tensor::empty(gs, DType::kF32, kGpu);
+    linea::kernels::l2norm_forward(x, 1e-6, y, rstd);
+    return y.to(DType::kBF16);
+  };
+  Tensor q = unit_rows(31), k = unit_rows(32);
+  Tensor v = randn(qs, DType::kBF16, 33), d_o = randn(qs, DType::kBF16, 34);
+  Tensor zb = randn(gs, DType::kF32, 35), beta = Tensor::empty(gs, DType::kF32, kGpu);
+  linea::kernels::delta_beta_forward(zb, 1.0, beta);
+  Tensor zg = randn(gs, DType::kF32, 36), g = Tensor::empty(gs, DType::kF32, kGpu);
+  linea::kernels::log_sigmoid_decay_forward(zg, 16.0, g);
+  Tensor o = Tensor::empty(qs, DType::kBF16, kGpu), none;
+  Tensor dq = Tensor::empty(qs, DType::kBF16, kGpu), dk = dq.clone(), dv = dq.clone();
+  Tensor dg = Tensor::empty(gs, DType::kF32, kGpu), dbeta = dg.clone();
+  const double fwd =
+      double(B) * H * (T / C) *
+      (4.0 * C * D * D + double(C) * C * 2 * D + double(C) * C * 3 * D + double(C) * C * C / 3);
+  bench(
+      "delta rule fwd", s, fwd, true,
+      [&] {
+        linea::kernels::delta_rule_chunked_forward(q, k, v, g, beta, 0.088, C, none, o, none);
+      },
+      20);
+  bench(
+      "delta rule bwd", s, 2.5 * fwd, true,
+      [&] {
+        linea::kernels::delta_rule_chunked_backward(q, k, v, g, beta, 0.088, C, none, d_o, none, dq,
+                                                    dk, dv, dg, dbeta, none);
+      },
+      20);
+}
+
 }  // namespace
 
 // The whole MoE layer (router, plan with its one read-back, permutation, one cuBLAS SwiGLU per
@@ -335,6 +377,7 @@ int main(int argc, char** argv) {
     group("optim", optim_benches);
     group("attention", attention_benches);
     group("decay", decay_scan_benches);
+    group("delta", delta_rule_benches);
     group("moe", moe_benches);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", e.what());

@@ -3,6 +3,8 @@
 //   S_0 = initial_state (or 0).
 // q, k: [B, T, H, Dk]; v, o: [B, T, H, Dv]; g, beta: [B, T, H]; states: [B, H, Dk, Dv];
 // transitions: [B, H, Dk, Dk]. f32 or f64, one dtype; reductions in that dtype, products by BLAS.
+// On CUDA tensors the chunked functions run kernels/cuda/delta_rule.cu (its header comment: f32
+// arithmetic, f32 gates and states, chunks of 64 and any T, Dk in {64, 128}, Dv a multiple of 64).
 // g is the log decay (<= 0 from the module, not checked: a positive g is followed faithfully but
 // can overflow); an undefined g means no decay (DeltaNet). beta may be any real (the module gives
 // (0, 1) or (0, 2)). q and k are used as given: the module L2-normalises them, nothing here

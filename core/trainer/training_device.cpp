@@ -19,15 +19,17 @@ namespace {
 
 constexpr const char* kWhatRuns =
     "train.device = cuda runs: L layers LINEAR_ATTENTION (every feature map, any key width; no "
-    "window), LIGHTNING, RETNET, SIMPLE_GLA, GLA, HGRN2 or MAMBA2 with key heads of 64 or 128, "
-    "values a multiple of 64, short convolution on or off (conv_size <= 8); N layers softmax "
-    "attention with heads of 64 or 128; DENSE or MOE channel mixers; train.dtype f32 "
-    "(train.precision f32 or bf16); any DP, SP and EP layout (docs/cuda.md)";
+    "window), LIGHTNING, RETNET, SIMPLE_GLA, GLA, HGRN2, MAMBA2, DELTANET, GATED_DELTANET or MOM "
+    "with key heads of 64 or 128, values a multiple of 64, short convolution on or off "
+    "(conv_size <= 8); N layers softmax attention with heads of 64 or 128; DENSE or MOE channel "
+    "mixers; train.dtype f32 (train.precision f32 or bf16); any DP, SP and EP layout "
+    "(docs/cuda.md)";
 
 bool gpu_mixer_kind(config::MixerConfig::Kind k) {
   using MC = config::MixerConfig;
   return k == MC::LINEAR_ATTENTION || k == MC::LIGHTNING || k == MC::RETNET ||
-         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2 || k == MC::MAMBA2;
+         k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2 || k == MC::MAMBA2 ||
+         k == MC::DELTANET || k == MC::GATED_DELTANET || k == MC::MOM;
 }
 
 void check_gpu_model(const config::Config& cfg) {
@@ -48,22 +50,28 @@ void check_gpu_model(const config::Config& cfg) {
       continue;
     }
     const MC m = mixer_config_for_layer(cfg, layer);
-    const bool conv = m.short_conv() == MC::ON;
     LINEA_USER_CHECK(m.kind() != MC::GSA,
                      "use another mixer kind with train.device = cuda, or train.device = cpu")
         << "layer " << layer << ": model.mixer.kind = GSA is not on GPUs yet: its first pass "
         << "needs the value-side decay (gv) scan, which has no CUDA path (docs/cuda.md)";
-    LINEA_USER_CHECK(m.short_conv() == MC::OFF || m.conv_size() <= 8, kWhatRuns)
+    const bool delta = m.kind() == MC::DELTANET || m.kind() == MC::GATED_DELTANET;
+    // The delta mixers, Mamba2 and MoM keep their short convolution unless it is turned off.
+    const bool conv = m.short_conv() == MC::ON ||
+                      (m.short_conv() == MC::DEFAULT &&
+                       (delta || m.kind() == MC::MAMBA2 || m.kind() == MC::MOM));
+    LINEA_USER_CHECK(!conv || m.conv_size() <= 8, kWhatRuns)
         << "layer " << layer << ": model.mixer.conv_size = " << m.conv_size()
         << " is not on GPUs (the CUDA short convolution takes conv_size <= 8)";
     MixerContext ctx;
     ctx.hidden = cfg.model().hidden_size();
     const int64_t dk = mixer_head_dim(ctx, m);
-    // Mamba2's value heads are expand_v * hidden_size / num_heads wide.
+    // Mamba2's value heads are expand_v * hidden_size / num_heads wide; the delta kinds' and
+    // MoM's expand_v * dk.
     const int64_t dv = m.value_dim() > 0 ? m.value_dim()
                        : m.kind() == MC::MAMBA2 && m.num_heads() > 0
                            ? std::llround(m.expand_v() * double(ctx.hidden)) / m.num_heads()
-                           : dk;
+                       : delta || m.kind() == MC::MOM ? std::llround(m.expand_v() * double(dk))
+                                                      : dk;
     // Basic linear attention's scan takes any key width (the feature map's output dim: blocks of
     // key columns); the gated scans take 64 or 128.
     const bool dk_ok = m.kind() == MC::LINEAR_ATTENTION || dk == 64 || dk == 128;

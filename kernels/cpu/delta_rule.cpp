@@ -497,6 +497,8 @@ void delta_rule_recurrent_forward(const Tensor& q, const Tensor& k, const Tensor
 void delta_rule_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
                                 const Tensor& beta, double scale, int64_t chunk,
                                 const Tensor& initial_state, Tensor& o, Tensor& final_state) {
+  LINEA_ON_CUDA(
+      k, delta_rule_chunked_forward(q, k, v, g, beta, scale, chunk, initial_state, o, final_state));
   const char* op = "delta_rule_chunked_forward";
   const HeadDims d = check_inputs(q, k, v, g, beta, op);
   check_delta_chunk(chunk, d, op);
@@ -515,6 +517,9 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
                                  const Tensor& initial_state, const Tensor& d_o,
                                  const Tensor& d_final_state, Tensor& dq, Tensor& dk, Tensor& dv,
                                  Tensor& dg, Tensor& dbeta, Tensor& d_initial_state) {
+  LINEA_ON_CUDA(k,
+                delta_rule_chunked_backward(q, k, v, g, beta, scale, chunk, initial_state, d_o,
+                                            d_final_state, dq, dk, dv, dg, dbeta, d_initial_state));
   const char* op = "delta_rule_chunked_backward";
   const HeadDims d = check_inputs(q, k, v, g, beta, op);
   const DType dt = k.dtype();
@@ -542,6 +547,7 @@ void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor&
 
 void delta_rule_chunked_transition(const Tensor& k, const Tensor& g, const Tensor& beta,
                                    int64_t chunk, Tensor& transition) {
+  LINEA_ON_CUDA(k, delta_rule_chunked_transition(k, g, beta, chunk, transition));
   const char* op = "delta_rule_chunked_transition";
   const HeadDims d = check_keys_and_gates(k, g, beta, op);
   check_delta_chunk(chunk, d, op);

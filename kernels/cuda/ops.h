@@ -152,6 +152,21 @@ void linear_attention_chunked_backward(const Tensor& q, const Tensor& k, const T
                                        const Tensor& d_o, const Tensor& d_final_state, Tensor& dq,
                                        Tensor& dk, Tensor& dv, Tensor& d_initial_state);
 
+// kernels/delta_rule.h (kernels/cuda/delta_rule.cu): the chunked WY form in f32 on CUDA cores,
+// chunks of 64 whatever `chunk` says, any T; q, k, v, dO and their gradients of one dtype (f32 or
+// bf16), g, beta, dg, dbeta, states and transitions f32; Dk in {64, 128}, Dv a multiple of 64.
+// The recurrent reference stays on the CPU.
+void delta_rule_chunked_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                const Tensor& beta, double scale, int64_t chunk,
+                                const Tensor& initial_state, Tensor& o, Tensor& final_state);
+void delta_rule_chunked_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                                 const Tensor& beta, double scale, int64_t chunk,
+                                 const Tensor& initial_state, const Tensor& d_o,
+                                 const Tensor& d_final_state, Tensor& dq, Tensor& dk, Tensor& dv,
+                                 Tensor& dg, Tensor& dbeta, Tensor& d_initial_state);
+void delta_rule_chunked_transition(const Tensor& k, const Tensor& g, const Tensor& beta,
+                                   int64_t chunk, Tensor& transition);
+
 // kernels/gated_linear_attention.h for a scalar gk [B, T, H] and no gv (Lightning, RetNet, Mamba2,
 // simple GLA): the decayed chunk scan; for a vector gk [B, T, H, Dk] (GLA, HGRN2): the vector-decay
 // scan (kernels/cuda/vector_decay_scan.h, bf16 tensor cores); gates, states and dgk f32; gv

@@ -40,14 +40,8 @@ int64_t conv_size_of(const MC& m) { return toggle(m.short_conv(), true) ? m.conv
 ConvProjection::ConvProjection(const std::string& prefix, const std::string& name, int64_t in,
                                int64_t out, int64_t conv_size, DType dtype)
     : proj_(prefix + "." + name + "_proj", in, out, dtype) {
-  if (conv_size > 0) {
-    // The conv weights decay like fla's (only norms and decay scalars are exempt).
-    conv_.emplace(prefix + "." + name + "_conv1d", out, conv_size, /*silu=*/true, dtype);
-  } else {
-    unit_filter_ = Tensor::empty({out, 1}, dtype);
-    unit_filter_.fill_(1.0);
-    unit_grad_ = Tensor::zeros({out, 1}, dtype);
-  }
+  // The conv weights decay like fla's (only norms and decay scalars are exempt).
+  if (conv_size > 0) conv_.emplace(prefix + "." + name + "_conv1d", out, conv_size, true, dtype);
 }
 
 void ConvProjection::init(uint64_t seed, double std) {
@@ -69,14 +63,15 @@ Tensor ConvProjection::forward(const Tensor& xe) {
   const Tensor pre = proj_.forward(xe);
   if (conv_) return conv_->forward(pre);
   pre_ = pre;
-  return short_conv_segment_forward(pre_, unit_filter_, /*silu=*/true);
+  Tensor y = Tensor::empty(pre.shape(), pre.dtype(), pre.device());
+  kernels::activation_forward(kernels::Activation::kSilu, pre_, y);
+  return y;
 }
 
 Tensor ConvProjection::backward(const Tensor& dy) {
   if (conv_) return proj_.backward(conv_->backward(dy));
-  unit_grad_.zero_();
-  const Tensor dpre =
-      short_conv_segment_backward(pre_, unit_filter_, /*silu=*/true, dy, unit_grad_);
+  Tensor dpre = Tensor::empty(pre_.shape(), pre_.dtype(), pre_.device());
+  kernels::activation_backward(kernels::Activation::kSilu, pre_, dy, dpre);
   pre_ = Tensor();
   return proj_.backward(dpre);
 }
@@ -171,20 +166,21 @@ Tensor DeltaMixer::forward_segment(const Tensor& x, const SegmentIn& in, Segment
   q_raw_ = q_branch_.forward(xe).view({B, T, heads_, dk_});
   k_raw_ = k_branch_.forward(xe).view({B, T, heads_, dk_});
   Tensor v = v_branch_.forward(xe).view({B, T, heads_, dv_});
-  q_ = Tensor::empty(q_raw_.shape(), x.dtype());
-  k_ = Tensor::empty(k_raw_.shape(), x.dtype());
-  q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
-  k_rstd_ = Tensor::empty({B, T, heads_}, x.dtype());
+  const Device dev = x.device();
+  q_ = Tensor::empty(q_raw_.shape(), x.dtype(), dev);
+  k_ = Tensor::empty(k_raw_.shape(), x.dtype(), dev);
+  q_rstd_ = Tensor::empty({B, T, heads_}, x.dtype(), dev);
+  k_rstd_ = Tensor::empty({B, T, heads_}, x.dtype(), dev);
   kernels::l2norm_forward(q_raw_, kL2NormEps, q_, q_rstd_);
   kernels::l2norm_forward(k_raw_, kL2NormEps, k_, k_rstd_);
 
   b_ = b_proj_.forward(x);  // [B, T, H]
-  beta_ = Tensor::empty(b_.shape(), x.dtype());
+  beta_ = Tensor::empty(b_.shape(), x.dtype(), dev);
   kernels::delta_beta_forward(b_, beta_scale_, beta_);
   g_ = Tensor();
   if (gated_) {
     a_ = a_proj_->forward(x);
-    g_ = Tensor::empty(a_.shape(), x.dtype());
+    g_ = Tensor::empty(a_.shape(), x.dtype(), dev);
     kernels::delta_log_decay_forward(a_, A_log_->value, dt_bias_->value, g_);
   }
 
@@ -218,19 +214,20 @@ Tensor DeltaMixer::backward_segment(const Tensor& dy, const SegmentGradIn& in,
   DeltaCore::Grads gr = core_.backward(d_o, ds_out, out != nullptr);
   if (out) out->d_states = {gr.ds_in};
 
-  Tensor db = Tensor::empty(b_.shape(), dy.dtype());
+  const Device dev = dy.device();
+  Tensor db = Tensor::empty(b_.shape(), dy.dtype(), dev);
   kernels::delta_beta_backward(b_, beta_scale_, gr.dbeta, db);
   kernels::accumulate(dx, b_proj_.backward(db));
   if (gated_) {
-    Tensor da = Tensor::empty(a_.shape(), dy.dtype());
+    Tensor da = Tensor::empty(a_.shape(), dy.dtype(), dev);
     kernels::delta_log_decay_backward(a_, A_log_->value, dt_bias_->value, gr.dg, da, A_log_->grad,
                                       dt_bias_->grad);
     kernels::accumulate(dx, a_proj_->backward(da));
   }
   b_ = beta_ = a_ = g_ = Tensor();
 
-  Tensor dq = Tensor::empty(q_raw_.shape(), dy.dtype());
-  Tensor dk = Tensor::empty(k_raw_.shape(), dy.dtype());
+  Tensor dq = Tensor::empty(q_raw_.shape(), dy.dtype(), dev);
+  Tensor dk = Tensor::empty(k_raw_.shape(), dy.dtype(), dev);
   kernels::l2norm_backward(q_raw_, q_rstd_, gr.dq, dq);
   kernels::l2norm_backward(k_raw_, k_rstd_, gr.dk, dk);
   q_raw_ = k_raw_ = q_rstd_ = k_rstd_ = q_ = k_ = Tensor();

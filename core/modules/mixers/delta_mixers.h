@@ -31,9 +31,8 @@
 namespace linea {
 
 // x (with the halo rows in front) -> projection -> causal depthwise conv + SiLU -> the rows after
-// the halo (short_conv.h). Without a conv the same kernel runs with a fixed width-1 unit filter
-// (not a parameter), which leaves exactly SiLU(x W): the activation the papers keep when the conv
-// is off.
+// the halo (short_conv.h). Without a conv it is SiLU(x W) (kernels/gates.h's activation, on the
+// CPU or CUDA): the activation the papers keep when the conv is off.
 class ConvProjection {
  public:
   ConvProjection(const std::string& prefix, const std::string& name, int64_t in, int64_t out,
@@ -49,9 +48,8 @@ class ConvProjection {
 
  private:
   Linear proj_;
-  std::optional<ShortConv> conv_;   // [out, K] when learned
-  Tensor unit_filter_, unit_grad_;  // [out, 1] ones and a scratch gradient, when not
-  Tensor pre_;                      // the projection, saved for the unit filter's backward
+  std::optional<ShortConv> conv_;  // [out, K] when learned
+  Tensor pre_;                     // the projection, saved for SiLU's backward without a conv
 };
 
 class DeltaMixer final : public TokenMixer {

@@ -124,7 +124,7 @@ Tensor DeltaCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, con
     return forward_exchanged(*ex, q, k, v, g, beta, scale, recurrent);
   }
   q_ = q, k_ = k, v_ = v, g_ = g, beta_ = beta, s_in_ = s_in, scale_ = scale, slot_ = -1;
-  Tensor o = Tensor::empty({q.dim(0), q.dim(1), q.dim(2), v.dim(3)}, q.dtype());
+  Tensor o = Tensor::empty({q.dim(0), q.dim(1), q.dim(2), v.dim(3)}, q.dtype(), q.device());
   Tensor fin;
   if (s_out) fin = state_like(q, v);
   const int64_t chunk = effective_chunk(chunk_, q.dim(1));
@@ -136,7 +136,7 @@ Tensor DeltaCore::forward(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (s_out) *s_out = fin;
   if (tr) {
     tr->kind = Transition::Kind::kDense;
-    tr->dense = Tensor::empty({q.dim(0), q.dim(2), q.dim(3), q.dim(3)}, q.dtype());
+    tr->dense = Tensor::empty({q.dim(0), q.dim(2), q.dim(3), q.dim(3)}, state_dtype(q), q.device());
     kernels::delta_rule_chunked_transition(k, g, beta, chunk, tr->dense);
   }
   return o;
@@ -181,11 +181,12 @@ DeltaCore::Grads DeltaCore::backward(const Tensor& d_o, const Tensor& ds_out, bo
     return backward(d_o, ds, want_ds_in);
   }
   Grads gr;
-  gr.dq = Tensor::empty(q_.shape(), q_.dtype());
-  gr.dk = Tensor::empty(k_.shape(), k_.dtype());
-  gr.dv = Tensor::empty(v_.shape(), v_.dtype());
-  gr.dbeta = Tensor::empty(beta_.shape(), beta_.dtype());
-  if (g_.defined()) gr.dg = Tensor::empty(g_.shape(), g_.dtype());
+  const Device dev = q_.device();
+  gr.dq = Tensor::empty(q_.shape(), q_.dtype(), dev);
+  gr.dk = Tensor::empty(k_.shape(), k_.dtype(), dev);
+  gr.dv = Tensor::empty(v_.shape(), v_.dtype(), dev);
+  gr.dbeta = Tensor::empty(beta_.shape(), beta_.dtype(), dev);
+  if (g_.defined()) gr.dg = Tensor::empty(g_.shape(), g_.dtype(), dev);
   if (want_ds_in) gr.ds_in = state_like(q_, v_);
   kernels::delta_rule_chunked_backward(q_, k_, v_, g_, beta_, scale_,
                                        effective_chunk(chunk_, q_.dim(1)), s_in_, d_o, ds_out,
