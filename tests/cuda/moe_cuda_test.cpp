@@ -5,10 +5,13 @@
 // bit-identical. (3) A whole MoeLayer moved to cuda:0 against the same layer on the CPU (same
 // initial values, f32 on both): the chosen experts and load, outputs, aux and z losses, dx and
 // every parameter gradient, for both routers, with capacity on and off, shared experts with and
-// without their gate, two forwards with a bias update between them. Tolerances: docs/cuda.md.
+// without their gate, two forwards with a bias update between them; and the same under
+// train.precision bf16 (bf16 expert rows on the GPU) against the f32 CPU layer. (4) The row
+// movement with f32 tokens and bf16 rows. Tolerances: docs/cuda.md.
 #include <algorithm>
 #include <map>
 
+#include "core/modules/matmul_precision.h"
 #include "core/modules/moe/moe_layer.h"
 #include "core/util/rng.h"
 #include "kernels/moe_permute.h"
@@ -24,6 +27,9 @@ using namespace testing;
 // A whole layer in f32 on both sides: cuBLAS against the CPU GEMMs, the router in f32 against
 // f64 (docs/cuda.md).
 constexpr double kTolLayer = 1e-4;
+// The layer with bf16 expert rows (and bf16 operands in every product) against the f32 CPU layer:
+// several bf16 roundings in a row (rows, gate/up outputs, h, expert outputs, their gradients).
+constexpr double kTolLayerBF16 = 3e-2;
 
 // A random plan of N tokens with top_k distinct experts each among E, with a capacity.
 DispatchPlan random_plan(int64_t N, int64_t k, int64_t E, int64_t capacity, uint64_t seed) {
@@ -192,8 +198,10 @@ config::MoeConfig layer_config(const LayerCase& c) {
   return m;
 }
 
-void expect_layer_matches(const LayerCase& c) {
-  SCOPED_TRACE(c.name);
+void expect_layer_matches(const LayerCase& c, bool bf16 = false) {
+  SCOPED_TRACE(std::string(c.name) + (bf16 ? ", bf16 precision" : ""));
+  const double tol = bf16 ? kTolLayerBF16 : kTolLayer;
+  const MatmulPrecision precision = bf16 ? MatmulPrecision::kBF16 : MatmulPrecision::kStorage;
   constexpr int64_t D = 48, B = 2, T = 37;
   const config::MoeConfig cfg = layer_config(c);
   MoeLayer cpu("layers.0.mlp", D, cfg, DType::kF32), gpu("layers.0.mlp", D, cfg, DType::kF32);
@@ -217,7 +225,11 @@ void expect_layer_matches(const LayerCase& c) {
     const Tensor x = random_tensor({B, T, D}, 30 + step, DType::kF32);
     const Tensor dy = random_tensor({B, T, D}, 40 + step, DType::kF32);
     const Tensor y_cpu = cpu.forward(x);
-    const Tensor y_gpu = gpu.forward(x.cuda(0));
+    Tensor y_gpu;
+    {
+      const MatmulPrecisionScope scope(precision);
+      y_gpu = gpu.forward(x.cuda(0));
+    }
     ASSERT_FALSE(y_gpu.device().is_cpu());
     ASSERT_EQ(y_gpu.shape(), y_cpu.shape());
     // The same choice of experts, the same plan and drops.
@@ -231,29 +243,33 @@ void expect_layer_matches(const LayerCase& c) {
     EXPECT_NEAR(gpu.stats().aux_loss, cpu.stats().aux_loss, 1e-6 * cpu.stats().aux_loss);
     EXPECT_NEAR(gpu.stats().z_loss, cpu.stats().z_loss, 1e-5 * cpu.stats().z_loss);
     const double ey = rel_err(y_gpu, y_cpu);
-    EXPECT_LT(ey, kTolLayer) << "y";
+    EXPECT_LT(ey, tol) << "y";
     worst_y = std::max(worst_y, ey);
 
     cpu.set_aux_grad_scale(0.7);
     gpu.set_aux_grad_scale(0.7);
     const Tensor dx_cpu = cpu.backward(dy);
-    const Tensor dx_gpu = gpu.backward(dy.cuda(0));
+    Tensor dx_gpu;
+    {
+      const MatmulPrecisionScope scope(precision);
+      dx_gpu = gpu.backward(dy.cuda(0));
+    }
     const double edx = rel_err(dx_gpu, dx_cpu);
-    EXPECT_LT(edx, kTolLayer) << "dx";
+    EXPECT_LT(edx, tol) << "dx";
     worst_g = std::max(worst_g, edx);
     for (size_t i = 0; i < pc.size(); ++i) {
       ASSERT_EQ(pc[i]->name, pg[i]->name);
       EXPECT_FALSE(pg[i]->grad.device().is_cpu()) << pg[i]->name;
       const double e = rel_err(pg[i]->grad, pc[i]->grad);
-      EXPECT_LT(e, kTolLayer) << pc[i]->name;
+      EXPECT_LT(e, tol) << pc[i]->name;
       worst_g = std::max(worst_g, e);
     }
     // The bias moves between the forwards: the second one must route with the new bias.
     cpu.router().update_bias(cpu.step_load());
     gpu.router().update_bias(gpu.step_load());
   }
-  std::printf("%s: y %.2e, worst of dx and %zu gradients %.2e; aux %.6g z %.6g dropped %lld\n",
-              c.name, worst_y, pc.size(), worst_g, gpu.stats().aux_loss, gpu.stats().z_loss,
+  std::printf("%s%s: y %.2e, worst of dx and %zu gradients %.2e; aux %.6g z %.6g dropped %lld\n",
+              c.name, bf16 ? " (bf16)" : "", worst_y, pc.size(), worst_g, gpu.stats().aux_loss, gpu.stats().z_loss,
               static_cast<long long>(gpu.stats().dropped));
 }
 
@@ -267,6 +283,50 @@ TEST(MoeCuda, LayerMatchesCpu) {
       {"sigmoid, shared + gate, dropless", MC::SIGMOID_BIAS, true, 1.0, 0.0, 1, true},
   };
   for (const LayerCase& c : cases) expect_layer_matches(c);
+  expect_layer_matches(cases[0], /*bf16=*/true);
+  expect_layer_matches(cases[1], /*bf16=*/true);
+}
+
+// f32 tokens, bf16 expert rows: the permutation rounds once, the combine and the permutation's
+// backward sum bf16 rows in f32 into f32 tokens, the combine's backward takes f32 dy.
+TEST(MoeCuda, MixedDtypeRowMovementMatchesCpu) {
+  LINEA_REQUIRE_CUDA();
+  const int64_t N = 41, k = 3, E = 6, D = 72;
+  DispatchPlan plan = random_plan(N, k, E, expert_capacity(0.8, N, k, E), 8);
+  const int64_t R = plan.rows();
+  upload_plan(plan, Device::cuda(0));
+  const Tensor rc_cpu = cpu_i32(plan.row_copy), cr_cpu = cpu_i32(plan.copy_row);
+  const Tensor x = random_cuda({N, D}, 1, DType::kF32);
+  Tensor rows = poisoned_cuda({R, D}, DType::kBF16);
+  kernels::moe_permute(x, plan.row_copy_index, k, rows);
+  Tensor rows_ref = Tensor::empty({R, D}, DType::kF64, Device::cpu());
+  kernels::moe_permute(ref64(x.to(DType::kBF16)), rc_cpu, k, rows_ref);
+  EXPECT_EQ(rel_err(rows, rows_ref), 0.0) << "permute: one rounding, like to(bf16)";
+
+  const Tensor w = random_cuda({N * k}, 2, DType::kF32, 0.5);
+  const Tensor er = random_cuda({R, D}, 3, DType::kBF16);
+  Tensor y = poisoned_cuda({N, D}, DType::kF32);
+  kernels::moe_unpermute_combine(er, plan.copy_row_index, w, k, y);
+  Tensor y_ref = Tensor::empty({N, D}, DType::kF64, Device::cpu());
+  kernels::moe_unpermute_combine(ref64(er), cr_cpu, ref64(w), k, y_ref);
+  EXPECT_LT(rel_err(y, y_ref), kTolF32) << "combine into f32";
+
+  const Tensor drows = random_cuda({R, D}, 4, DType::kBF16);
+  Tensor dx = random_cuda({N, D}, 5, DType::kF32);
+  Tensor dx_ref = ref64(dx);
+  kernels::moe_permute_backward(drows, plan.copy_row_index, k, dx);
+  kernels::moe_permute_backward(ref64(drows), cr_cpu, k, dx_ref);
+  EXPECT_LT(rel_err(dx, dx_ref), kTolF32) << "permute backward into f32";
+
+  const Tensor dy = random_cuda({N, D}, 6, DType::kF32);
+  Tensor dr = poisoned_cuda({R, D}, DType::kBF16), dw = poisoned_cuda({N * k}, DType::kF32);
+  kernels::moe_unpermute_combine_backward(dy, er, plan.copy_row_index, w, k, dr, dw);
+  Tensor dr_ref = Tensor::empty({R, D}, DType::kF64, Device::cpu());
+  Tensor dw_ref = Tensor::empty({N * k}, DType::kF64, Device::cpu());
+  kernels::moe_unpermute_combine_backward(ref64(dy), ref64(er), cr_cpu, ref64(w), k, dr_ref,
+                                          dw_ref);
+  EXPECT_LT(rel_err(dr, dr_ref), kTolBF16) << "combine backward drows (bf16)";
+  EXPECT_LT(rel_err(dw, dw_ref), kTolF32) << "combine backward dweight (f32)";
 }
 
 }  // namespace
