@@ -9,9 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -347,8 +347,8 @@ void experts_benches() {
     }
     std::sort(ms.begin(), ms.end());
     Row r{name, shape, ms[ms.size() / 2], ms[0], reps, work, true};
-    std::printf("%-28s %-26s %9.4f %9.4f %9.1f TFLOP/s\n", name.c_str(), shape.c_str(),
-                r.median_ms, r.min_ms, work / (r.median_ms * 1e-3) / 1e12);
+    std::printf("%-28s %-26s %9.4f %9.4f %9.1f TFLOP/s\n", name.c_str(), shape.c_str(), r.median_ms,
+                r.min_ms, work / (r.median_ms * 1e-3) / 1e12);
     std::fflush(stdout);
     g_rows.push_back(r);
   };
@@ -361,8 +361,8 @@ void experts_benches() {
   linea::ParameterList ps;
   grouped.collect(ps);
   for (int64_t e = 0; e < E; ++e) {
-    old.push_back(std::make_unique<linea::SwiGLUMLP>("experts." + std::to_string(e), D, F,
-                                                     DType::kF32));
+    old.push_back(
+        std::make_unique<linea::SwiGLUMLP>("experts." + std::to_string(e), D, F, DType::kF32));
     old.back()->collect(ps);
   }
   for (linea::Parameter* p : ps) {

@@ -53,9 +53,8 @@ inline int64_t check_grouped_dw(const std::vector<Tensor>& dw, const GroupedSize
   const int64_t parts = n / s.groups, o = s.out / parts;
   for (int64_t i = 0; i < n; ++i) {
     LINEA_CHECK(dw[i].defined() && dw[i].ndim() == 2 && dw[i].dim(0) == o && dw[i].dim(1) == s.in)
-        << op << ": dw[" << i << "] "
-        << (dw[i].defined() ? shape_str(dw[i].shape()) : "undefined") << " must be [" << o << ", "
-        << s.in << "]";
+        << op << ": dw[" << i << "] " << (dw[i].defined() ? shape_str(dw[i].shape()) : "undefined")
+        << " must be [" << o << ", " << s.in << "]";
   }
   return parts;
 }

@@ -98,8 +98,8 @@ void run_grouped(const OnDevice& dev, cublasHandle_t h, const std::vector<Proble
     CUDA_CHECK_LAUNCH();
     const cublasStatus_t st = cublasGemmGroupedBatchedEx(
         h, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), dp, ab, lda.data(),
-        dp + g, ab, ldb.data(), beta.data(), const_cast<void* const*>(dp + 2 * g), c, ldc.data(),
-        g, size.data(), CUBLAS_COMPUTE_32F);
+        dp + g, ab, ldb.data(), beta.data(), const_cast<void* const*>(dp + 2 * g), c, ldc.data(), g,
+        size.data(), CUBLAS_COMPUTE_32F);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
       run_loop(h, chunk, g, ab, c);
     } else {

@@ -269,8 +269,8 @@ void expect_layer_matches(const LayerCase& c, bool bf16 = false) {
     gpu.router().update_bias(gpu.step_load());
   }
   std::printf("%s%s: y %.2e, worst of dx and %zu gradients %.2e; aux %.6g z %.6g dropped %lld\n",
-              c.name, bf16 ? " (bf16)" : "", worst_y, pc.size(), worst_g, gpu.stats().aux_loss, gpu.stats().z_loss,
-              static_cast<long long>(gpu.stats().dropped));
+              c.name, bf16 ? " (bf16)" : "", worst_y, pc.size(), worst_g, gpu.stats().aux_loss,
+              gpu.stats().z_loss, static_cast<long long>(gpu.stats().dropped));
 }
 
 TEST(MoeCuda, LayerMatchesCpu) {

@@ -135,9 +135,9 @@ Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan, DType rows_dtyp
     return rows;
   }
   check_cpu_float(x, "permute_tokens");
-  LINEA_CHECK(rows_dtype == x.dtype()) << "permute_tokens: CPU rows keep x's dtype "
-                                       << dtype_name(x.dtype()) << ", asked for "
-                                       << dtype_name(rows_dtype);
+  LINEA_CHECK(rows_dtype == x.dtype())
+      << "permute_tokens: CPU rows keep x's dtype " << dtype_name(x.dtype()) << ", asked for "
+      << dtype_name(rows_dtype);
   const int64_t D = x.dim(-1);
   Tensor rows = Tensor::empty({plan.rows(), D}, x.dtype());
   if (x.dtype() == DType::kF32)
