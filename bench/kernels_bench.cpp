@@ -314,6 +314,8 @@ void moe_benches() {
 // made per pass, included), with the grouped cuBLAS call and with LINEA_GROUPED_GEMM=loop.
 // Forward and backward timed separately (a forward before each backward, untimed).
 void experts_benches() {
+  // Modules allocate on the default device (the MoE layer installs this scope itself).
+  const linea::DefaultDeviceScope on(kGpu);
   const int64_t E = 64, R = 32768 * 8, D = 1024, F = 896;
   const int reps = g_quick ? 3 : 10;
   const double fwd_flops = 6.0 * R * D * F;
