@@ -15,8 +15,9 @@
 // dtype. y and dx: cublasGemmGroupedBatchedEx, one call for all non-empty groups (128 groups a
 // call; the pointer arrays written on the device by one small kernel, so nothing waits); dw: one
 // cublasGemmEx per group and part (an f32 output from bf16 operands is outside the grouped
-// call's type table). LINEA_GROUPED_GEMM=loop runs y and dx as one cublasGemmEx per group too
-// (the benchmark compares both). Work goes on the current stream.
+// call's type table). Where cuBLAS answers CUBLAS_STATUS_NOT_SUPPORTED to a grouped call, its
+// groups run one cublasGemmEx each. LINEA_GROUPED_GEMM=loop runs y and dx as one cublasGemmEx per
+// group throughout (the benchmark compares both). Work goes on the current stream; nothing waits.
 #pragma once
 
 #include <cstdint>
