@@ -5,18 +5,23 @@
 // (flash) at B8 T4096 H8 D128 bf16 0.512 ms forward, 2.164 ms forward + backward.
 //
 //   kernels_bench [--json out.json] [--quick] [--only GROUP]   (GROUP: gemm, norm, loss, optim,
-//   attention, decay, delta, moe)
+//   attention, decay, delta, moe, experts)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "core/modules/matmul_precision.h"
+#include "core/modules/moe/grouped_experts.h"
 #include "core/modules/moe/moe_layer.h"
+#include "core/modules/swiglu_mlp.h"
 #include "core/tensor/cuda_allocator.h"
 #include "core/tensor/cuda_device.h"
 #include "core/tensor/cuda_stream.h"
@@ -29,6 +34,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gated_linear_attention.h"
 #include "kernels/gates.h"
+#include "kernels/grouped_gemm.h"
 #include "kernels/l2norm.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
@@ -350,6 +356,122 @@ void moe_benches() {
   }
 }
 
+// The MoE experts of the A0.3B-2B configs at 8 x 4096 tokens, top-8: 64 experts, 262144 routed
+// rows, D 1024, F 896, uniform and skewed row counts. Old: one SwiGLUMLP per expert on its f32 row
+// block under bf16 precision (the bf16 copies of rows and weights made per Linear, as the MoE
+// layer ran before grouped_experts.h). New: GroupedExperts on bf16 rows (stacked bf16 weights
+// made per pass, included), with the grouped cuBLAS call and with LINEA_GROUPED_GEMM=loop.
+// Forward and backward timed separately (a forward before each backward, untimed).
+void experts_benches() {
+  // Modules allocate on the default device (the MoE layer installs this scope itself).
+  const linea::DefaultDeviceScope on(kGpu);
+  const int64_t E = 64, R = 32768 * 8, D = 1024, F = 896;
+  const int reps = g_quick ? 3 : 10;
+  const double fwd_flops = 6.0 * R * D * F;
+  std::vector<int64_t> uniform(E, R / E), skewed(E, 0);
+  {
+    // Geometric weights exp(-e / 12) over experts 0..59, experts 60..63 empty.
+    double sum = 0;
+    for (int64_t e = 0; e < 60; ++e) sum += std::exp(-e / 12.0);
+    int64_t given = 0;
+    for (int64_t e = 0; e < 60; ++e) {
+      skewed[e] = static_cast<int64_t>(R * std::exp(-e / 12.0) / sum);
+      given += skewed[e];
+    }
+    skewed[0] += R - given;
+  }
+  auto timed = [&](const std::string& name, const std::string& shape, double work,
+                   const std::function<void()>& setup, const std::function<void()>& f) {
+    for (int i = 0; i < 2; ++i) {
+      setup();
+      f();
+    }
+    linea::cuda::synchronize(0);
+    linea::cuda::EventTimer timer(0);
+    std::vector<float> ms;
+    for (int i = 0; i < reps; ++i) {
+      setup();
+      timer.start();
+      f();
+      timer.stop();
+      ms.push_back(timer.elapsed_ms());
+    }
+    std::sort(ms.begin(), ms.end());
+    Row r{name, shape, ms[ms.size() / 2], ms[0], reps, work, true};
+    std::printf("%-28s %-26s %9.4f %9.4f %9.1f TFLOP/s\n", name.c_str(), shape.c_str(), r.median_ms,
+                r.min_ms, work / (r.median_ms * 1e-3) / 1e12);
+    std::fflush(stdout);
+    g_rows.push_back(r);
+  };
+  auto nothing = [] {};
+
+  // Parameters: f32 masters on the GPU, the same values for both implementations.
+  linea::GroupedExperts grouped("experts", 0, E, D, F, DType::kF32);
+  grouped.init(1, 0.02, 0.02);
+  std::vector<std::unique_ptr<linea::SwiGLUMLP>> old;
+  linea::ParameterList ps;
+  grouped.collect(ps);
+  for (int64_t e = 0; e < E; ++e) {
+    old.push_back(
+        std::make_unique<linea::SwiGLUMLP>("experts." + std::to_string(e), D, F, DType::kF32));
+    old.back()->collect(ps);
+  }
+  for (linea::Parameter* p : ps) {
+    p->value = randn(p->value.shape(), DType::kF32, 7, 0.02);
+    p->grad = Tensor::zeros(p->value.shape(), DType::kF32, kGpu);
+  }
+
+  for (const auto& dist :
+       {std::pair{std::string("uniform"), uniform}, std::pair{std::string("skewed"), skewed}}) {
+    const std::string& label = dist.first;
+    const std::vector<int64_t>& counts = dist.second;
+    const std::string shape = "E64 R262144 D1024 F896 " + label;
+    const Tensor rows32 = randn({R, D}, DType::kF32, 31), dy32 = randn({R, D}, DType::kF32, 32);
+    {
+      const linea::MatmulPrecisionScope bf16(linea::MatmulPrecision::kBF16);
+      auto old_forward = [&] {
+        Tensor out = Tensor::empty({R, D}, DType::kF32, kGpu);
+        int64_t a = 0;
+        for (int64_t e = 0; e < E; a += counts[e], ++e) {
+          if (counts[e] == 0) continue;
+          out.slice(a, a + counts[e]).copy_from(old[e]->forward(rows32.slice(a, a + counts[e])));
+        }
+      };
+      auto old_backward = [&] {
+        Tensor out = Tensor::empty({R, D}, DType::kF32, kGpu);
+        int64_t a = 0;
+        for (int64_t e = 0; e < E; a += counts[e], ++e) {
+          if (counts[e] == 0) continue;
+          out.slice(a, a + counts[e]).copy_from(old[e]->backward(dy32.slice(a, a + counts[e])));
+        }
+      };
+      timed("experts_old_loop_fwd", shape, fwd_flops, nothing, old_forward);
+      timed("experts_old_loop_bwd", shape, 2 * fwd_flops, old_forward, old_backward);
+      for (auto& m : old) m->release_saved();
+    }
+    const Tensor rows = rows32.to(DType::kBF16), dy = dy32.to(DType::kBF16);
+    for (bool loop : {false, true}) {
+      if (loop)
+        setenv("LINEA_GROUPED_GEMM", "loop", 1);
+      else
+        unsetenv("LINEA_GROUPED_GEMM");
+      const std::string tag = loop ? "experts_new_loop" : "experts_new_grouped";
+      auto fwd = [&] { grouped.forward(rows, counts); };
+      auto bwd = [&] { grouped.backward(dy, counts); };
+      timed(tag + "_fwd", shape, fwd_flops, nothing, fwd);
+      timed(tag + "_bwd", shape, 2 * fwd_flops, fwd, bwd);
+      grouped.release_saved();
+      // The bare gate/up product [R, 2F] (no weight stacking, no SwiGLU).
+      const Tensor w = randn({E, 2 * F, D}, DType::kBF16, 33, 0.02);
+      Tensor gu = Tensor::empty({R, 2 * F}, DType::kBF16, kGpu);
+      timed(std::string(loop ? "gemm_loop" : "gemm_grouped") + "_gate_up", shape,
+            2.0 * R * D * 2 * F, nothing,
+            [&] { linea::kernels::grouped_linear_forward(rows, w, counts, gu); });
+    }
+    unsetenv("LINEA_GROUPED_GEMM");
+  }
+}
+
 int main(int argc, char** argv) {
   std::string json_path, only;  // only: one group of benchmarks (empty: all)
   for (int i = 1; i < argc; ++i) {
@@ -379,6 +501,7 @@ int main(int argc, char** argv) {
     group("decay", decay_scan_benches);
     group("delta", delta_rule_benches);
     group("moe", moe_benches);
+    group("experts", experts_benches);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kernels_bench failed: %s\n", e.what());
     return 1;

@@ -7,7 +7,10 @@
 // copy, -1 when the capacity dropped it), both i32 on the data's device.
 //
 // Dtypes: on the CPU data are f32 or f64 and weight/dweight/gate share the data's dtype; on CUDA
-// data are f32 or bf16, weight/dweight/gate are f32, arithmetic is f32. Sums over the k copies of
+// data are f32 or bf16, weight/dweight/gate are f32, arithmetic is f32, and the token side and the
+// row side may differ in dtype (one f32, the other bf16: converted on the way): x and rows of
+// moe_permute, dx and drows of its backward, rows and out of the combine, dy and rows (= drows'
+// dtype) of its backward. Sums over the k copies of
 // a token run in j order and dot products are one fixed-order reduction per copy: every result is
 // deterministic (no atomics). Gradient rules: moe_permute_backward adds (`+=`) into dx; every other
 // output is written (`=`). CUDA work goes on the device's current stream; nothing waits for it.

@@ -11,11 +11,16 @@ MatmulPrecisionScope::MatmulPrecisionScope(MatmulPrecision p) : previous_(curren
 
 MatmulPrecisionScope::~MatmulPrecisionScope() { current = previous_; }
 
-Tensor matmul_operand(const Tensor& t) {
+DType matmul_operand_dtype(const Tensor& t) {
   if (current == MatmulPrecision::kBF16 && t.defined() && !t.device().is_cpu() &&
       t.dtype() == DType::kF32)
-    return t.to(DType::kBF16);
-  return t;
+    return DType::kBF16;
+  return t.dtype();
+}
+
+Tensor matmul_operand(const Tensor& t) {
+  const DType dt = matmul_operand_dtype(t);
+  return dt == t.dtype() ? t : t.to(dt);
 }
 
 }  // namespace linea

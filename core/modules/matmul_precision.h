@@ -28,5 +28,7 @@ class MatmulPrecisionScope {
 // The operand a product of `t` should use under the current precision: t itself, or its bf16 copy
 // when t is an f32 CUDA tensor and the precision is kBF16.
 Tensor matmul_operand(const Tensor& t);
+// The dtype matmul_operand(t) has (bf16 or t's own), without making the copy.
+DType matmul_operand_dtype(const Tensor& t);
 
 }  // namespace linea

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "kernels/cuda/blas_handle.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/matmul_shapes.h"
@@ -26,6 +27,8 @@ struct BlasHandle {
   cudaStream_t stream = nullptr;
 };
 
+}  // namespace
+
 cublasHandle_t handle_on(int device, cudaStream_t stream) {
   static std::mutex mu;
   static std::vector<BlasHandle> handles;
@@ -43,6 +46,8 @@ cublasHandle_t handle_on(int device, cudaStream_t stream) {
   }
   return h.handle;
 }
+
+namespace {
 
 cudaDataType_t cuda_type(DType t) { return t == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
 

@@ -2,8 +2,10 @@
 // its threads walk the D columns. Every reduction has a fixed order (the k copies of a token in j
 // order, one block sum per dot product), so the results do not depend on scheduling; the
 // scatter-add of the permutation's backward goes through the inverse map copy_row instead of
-// atomics. f32 arithmetic, f32 weights.
+// atomics. f32 arithmetic, f32 weights. The rows of one side may be bf16 and the other f32
+// (the MoE layer's bf16 expert rows from and to f32 tokens; kernels/moe_permute.h).
 #include <climits>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -18,17 +20,23 @@ inline int row_grid(int64_t rows) {
   return static_cast<int>(rows < INT_MAX ? (rows < 1 ? 1 : rows) : INT_MAX);
 }
 
-template <typename T>
-__global__ void permute_kernel(const T* x, const int32_t* row_copy, int64_t R, int64_t D, int k,
-                               T* rows) {
+// Tin, Tout: the dtypes of the rows read and written (f32 <-> bf16 conversions on the way).
+template <typename Tin, typename Tout>
+__global__ void permute_kernel(const Tin* x, const int32_t* row_copy, int64_t R, int64_t D, int k,
+                               Tout* rows) {
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-    const T* src = x + static_cast<int64_t>(row_copy[r] / k) * D;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) rows[r * D + d] = src[d];
+    const Tin* src = x + static_cast<int64_t>(row_copy[r] / k) * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      if constexpr (std::is_same_v<Tin, Tout>)
+        rows[r * D + d] = src[d];
+      else
+        rows[r * D + d] = from_float<Tout>(to_float(src[d]));
+    }
   }
 }
 
-template <typename T>
-__global__ void permute_backward_kernel(const T* drows, const int32_t* copy_row, int64_t N,
+template <typename Tin, typename T>
+__global__ void permute_backward_kernel(const Tin* drows, const int32_t* copy_row, int64_t N,
                                         int64_t D, int k, T* dx) {
   for (int64_t t = blockIdx.x; t < N; t += gridDim.x) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -42,9 +50,9 @@ __global__ void permute_backward_kernel(const T* drows, const int32_t* copy_row,
   }
 }
 
-template <typename T>
+template <typename T, typename Tout>
 __global__ void combine_kernel(const T* rows, const int32_t* copy_row, const float* weight,
-                               int64_t N, int64_t D, int k, T* out) {
+                               int64_t N, int64_t D, int k, Tout* out) {
   for (int64_t t = blockIdx.x; t < N; t += gridDim.x) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
       float acc = 0.0f;
@@ -52,13 +60,14 @@ __global__ void combine_kernel(const T* rows, const int32_t* copy_row, const flo
         const int32_t r = copy_row[t * k + j];
         if (r >= 0) acc += weight[t * k + j] * to_float(rows[static_cast<int64_t>(r) * D + d]);
       }
-      out[t * D + d] = from_float<T>(acc);
+      out[t * D + d] = from_float<Tout>(acc);
     }
   }
 }
 
-template <typename T>
-__global__ void combine_backward_kernel(const T* dy, const T* rows, const int32_t* copy_row,
+// dy in Ty; rows and drows in T.
+template <typename Ty, typename T>
+__global__ void combine_backward_kernel(const Ty* dy, const T* rows, const int32_t* copy_row,
                                         const float* weight, int64_t copies, int64_t D, int k,
                                         T* drows, float* dweight) {
   __shared__ float scratch[32];
@@ -68,7 +77,7 @@ __global__ void combine_backward_kernel(const T* dy, const T* rows, const int32_
       if (threadIdx.x == 0) dweight[c] = 0.0f;
       continue;
     }
-    const T* g = dy + (c / k) * D;
+    const Ty* g = dy + (c / k) * D;
     const T* in = rows + static_cast<int64_t>(r) * D;
     T* dr = drows + static_cast<int64_t>(r) * D;
     const float w = weight[c];
@@ -197,7 +206,8 @@ void byte_rows(const Tensor& in, const Tensor& index, Tensor& out, bool scatter,
 void moe_permute(const Tensor& x, const Tensor& row_copy, int64_t top_k, Tensor& rows) {
   const char* op = "moe_permute";
   check_float(x, op, "x");
-  check_like(rows, x, op, "rows", "x");
+  check_float(rows, op, "rows");
+  check_same_device(rows, x, op, "rows", "x");
   check_index(row_copy, DType::kI32, x, op, "row_copy");
   LINEA_CHECK(top_k >= 1 && top_k <= INT_MAX) << op << ": top_k " << top_k;
   const int64_t D = x.dim(-1), R = row_copy.numel();
@@ -206,8 +216,11 @@ void moe_permute(const Tensor& x, const Tensor& row_copy, int64_t top_k, Tensor&
   OnDevice dev(x);
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    permute_kernel<T><<<row_grid(R), kBlock, 0, dev.stream>>>(
-        ptr<T>(x), row_copy.data<int32_t>(), R, D, static_cast<int>(top_k), ptr<T>(rows));
+    dispatch(rows.dtype(), [&](auto out_tag) {
+      using U = decltype(out_tag);
+      permute_kernel<T, U><<<row_grid(R), kBlock, 0, dev.stream>>>(
+          ptr<T>(x), row_copy.data<int32_t>(), R, D, static_cast<int>(top_k), ptr<U>(rows));
+    });
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -215,7 +228,8 @@ void moe_permute(const Tensor& x, const Tensor& row_copy, int64_t top_k, Tensor&
 void moe_permute_backward(const Tensor& drows, const Tensor& copy_row, int64_t top_k, Tensor& dx) {
   const char* op = "moe_permute_backward";
   check_float(drows, op, "drows");
-  check_like(dx, drows, op, "dx", "drows");
+  check_float(dx, op, "dx");
+  check_same_device(dx, drows, op, "dx", "drows");
   check_index(copy_row, DType::kI32, drows, op, "copy_row");
   const int64_t N = tokens_of(copy_row, top_k, op), D = drows.dim(-1);
   check_rows(dx, N, D, op, "dx");
@@ -223,8 +237,11 @@ void moe_permute_backward(const Tensor& drows, const Tensor& copy_row, int64_t t
   OnDevice dev(drows);
   dispatch(dx.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    permute_backward_kernel<T><<<row_grid(N), kBlock, 0, dev.stream>>>(
-        ptr<T>(drows), copy_row.data<int32_t>(), N, D, static_cast<int>(top_k), ptr<T>(dx));
+    dispatch(drows.dtype(), [&](auto in_tag) {
+      using U = decltype(in_tag);
+      permute_backward_kernel<U, T><<<row_grid(N), kBlock, 0, dev.stream>>>(
+          ptr<U>(drows), copy_row.data<int32_t>(), N, D, static_cast<int>(top_k), ptr<T>(dx));
+    });
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -233,7 +250,8 @@ void moe_unpermute_combine(const Tensor& rows, const Tensor& copy_row, const Ten
                            int64_t top_k, Tensor& out) {
   const char* op = "moe_unpermute_combine";
   check_float(rows, op, "rows");
-  check_like(out, rows, op, "out", "rows");
+  check_float(out, op, "out");
+  check_same_device(out, rows, op, "out", "rows");
   check_index(copy_row, DType::kI32, rows, op, "copy_row");
   const int64_t N = tokens_of(copy_row, top_k, op), D = rows.dim(-1);
   check_weight(weight, rows, N * top_k, op, "weight");
@@ -242,9 +260,12 @@ void moe_unpermute_combine(const Tensor& rows, const Tensor& copy_row, const Ten
   OnDevice dev(rows);
   dispatch(rows.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    combine_kernel<T><<<row_grid(N), kBlock, 0, dev.stream>>>(
-        ptr<T>(rows), copy_row.data<int32_t>(), weight.data<float>(), N, D, static_cast<int>(top_k),
-        ptr<T>(out));
+    dispatch(out.dtype(), [&](auto out_tag) {
+      using U = decltype(out_tag);
+      combine_kernel<T, U><<<row_grid(N), kBlock, 0, dev.stream>>>(
+          ptr<T>(rows), copy_row.data<int32_t>(), weight.data<float>(), N, D,
+          static_cast<int>(top_k), ptr<U>(out));
+    });
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -254,8 +275,9 @@ void moe_unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const 
                                     Tensor& dweight) {
   const char* op = "moe_unpermute_combine_backward";
   check_float(dy, op, "dy");
-  check_like(rows, dy, op, "rows", "dy");
-  check_like(drows, dy, op, "drows", "dy");
+  check_float(rows, op, "rows");
+  check_same_device(rows, dy, op, "rows", "dy");
+  check_like(drows, rows, op, "drows", "rows");
   check_index(copy_row, DType::kI32, dy, op, "copy_row");
   const int64_t N = tokens_of(copy_row, top_k, op), D = dy.dim(-1), R = rows.dim(0);
   check_weight(weight, dy, N * top_k, op, "weight");
@@ -266,10 +288,13 @@ void moe_unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const 
   if (N == 0) return;
   OnDevice dev(dy);
   dispatch(dy.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    combine_backward_kernel<T><<<row_grid(N * top_k), kBlock, 0, dev.stream>>>(
-        ptr<T>(dy), ptr<T>(rows), copy_row.data<int32_t>(), weight.data<float>(), N * top_k, D,
-        static_cast<int>(top_k), ptr<T>(drows), dweight.data<float>());
+    using Ty = decltype(tag);
+    dispatch(rows.dtype(), [&](auto rows_tag) {
+      using T = decltype(rows_tag);
+      combine_backward_kernel<Ty, T><<<row_grid(N * top_k), kBlock, 0, dev.stream>>>(
+          ptr<Ty>(dy), ptr<T>(rows), copy_row.data<int32_t>(), weight.data<float>(), N * top_k, D,
+          static_cast<int>(top_k), ptr<T>(drows), dweight.data<float>());
+    });
   });
   CUDA_CHECK_LAUNCH();
 }

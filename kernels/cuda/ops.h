@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor/tensor.h"
 #include "kernels/adamw.h"
@@ -27,6 +28,14 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
           double beta);
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor& dx, Tensor& dw);
+
+// kernels/grouped_gemm.h (cublasGemmGroupedBatchedEx for y and dx, cublasGemmEx per group for
+// the f32 dw; LINEA_GROUPED_GEMM=loop: cublasGemmEx per group throughout).
+void grouped_linear_forward(const Tensor& x, const Tensor& w, const std::vector<int64_t>& counts,
+                            Tensor& y);
+void grouped_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy,
+                             const std::vector<int64_t>& counts, Tensor& dx,
+                             const std::vector<Tensor>& dw);
 
 // kernels/embedding.h (dtable f32; each id's rows summed in position order: deterministic).
 void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& y);
@@ -122,6 +131,8 @@ void gsa_slot_softmax_backward(const Tensor& p, const Tensor& dp, Tensor& ds);
 // kernels/swiglu.h
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
 void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& dh, Tensor& dg, Tensor& du);
+void swiglu_packed_forward(const Tensor& gu, Tensor& h);
+void swiglu_packed_backward(const Tensor& gu, const Tensor& dh, Tensor& dgu);
 
 // kernels/rope.h
 void rope_forward(const Tensor& x, const RopeParams& p, Tensor& y);

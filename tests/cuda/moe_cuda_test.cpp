@@ -5,10 +5,15 @@
 // bit-identical. (3) A whole MoeLayer moved to cuda:0 against the same layer on the CPU (same
 // initial values, f32 on both): the chosen experts and load, outputs, aux and z losses, dx and
 // every parameter gradient, for both routers, with capacity on and off, shared experts with and
-// without their gate, two forwards with a bias update between them. Tolerances: docs/cuda.md.
+// without their gate, two forwards with a bias update between them. (4) The experts alone
+// (GroupedExperts) on bf16 rows against the f32 CPU experts, with empty experts: the path of
+// train.precision bf16 (a whole layer cannot be compared there: the router's logits are bf16
+// products too, so near-ties pick other experts than on the CPU). (5) The row movement with f32
+// tokens and bf16 rows. Tolerances: docs/cuda.md.
 #include <algorithm>
 #include <map>
 
+#include "core/modules/moe/grouped_experts.h"
 #include "core/modules/moe/moe_layer.h"
 #include "core/util/rng.h"
 #include "kernels/moe_permute.h"
@@ -24,6 +29,9 @@ using namespace testing;
 // A whole layer in f32 on both sides: cuBLAS against the CPU GEMMs, the router in f32 against
 // f64 (docs/cuda.md).
 constexpr double kTolLayer = 1e-4;
+// The experts on bf16 rows with bf16 weight copies against the f32 CPU experts: several bf16
+// roundings in a row (weights, gate/up outputs, h, outputs, and the same in the backward).
+constexpr double kTolExpertsBF16 = 3e-2;
 
 // A random plan of N tokens with top_k distinct experts each among E, with a capacity.
 DispatchPlan random_plan(int64_t N, int64_t k, int64_t E, int64_t capacity, uint64_t seed) {
@@ -194,6 +202,7 @@ config::MoeConfig layer_config(const LayerCase& c) {
 
 void expect_layer_matches(const LayerCase& c) {
   SCOPED_TRACE(c.name);
+  const double tol = kTolLayer;
   constexpr int64_t D = 48, B = 2, T = 37;
   const config::MoeConfig cfg = layer_config(c);
   MoeLayer cpu("layers.0.mlp", D, cfg, DType::kF32), gpu("layers.0.mlp", D, cfg, DType::kF32);
@@ -231,7 +240,7 @@ void expect_layer_matches(const LayerCase& c) {
     EXPECT_NEAR(gpu.stats().aux_loss, cpu.stats().aux_loss, 1e-6 * cpu.stats().aux_loss);
     EXPECT_NEAR(gpu.stats().z_loss, cpu.stats().z_loss, 1e-5 * cpu.stats().z_loss);
     const double ey = rel_err(y_gpu, y_cpu);
-    EXPECT_LT(ey, kTolLayer) << "y";
+    EXPECT_LT(ey, tol) << "y";
     worst_y = std::max(worst_y, ey);
 
     cpu.set_aux_grad_scale(0.7);
@@ -239,13 +248,13 @@ void expect_layer_matches(const LayerCase& c) {
     const Tensor dx_cpu = cpu.backward(dy);
     const Tensor dx_gpu = gpu.backward(dy.cuda(0));
     const double edx = rel_err(dx_gpu, dx_cpu);
-    EXPECT_LT(edx, kTolLayer) << "dx";
+    EXPECT_LT(edx, tol) << "dx";
     worst_g = std::max(worst_g, edx);
     for (size_t i = 0; i < pc.size(); ++i) {
       ASSERT_EQ(pc[i]->name, pg[i]->name);
       EXPECT_FALSE(pg[i]->grad.device().is_cpu()) << pg[i]->name;
       const double e = rel_err(pg[i]->grad, pc[i]->grad);
-      EXPECT_LT(e, kTolLayer) << pc[i]->name;
+      EXPECT_LT(e, tol) << pc[i]->name;
       worst_g = std::max(worst_g, e);
     }
     // The bias moves between the forwards: the second one must route with the new bias.
@@ -267,6 +276,93 @@ TEST(MoeCuda, LayerMatchesCpu) {
       {"sigmoid, shared + gate, dropless", MC::SIGMOID_BIAS, true, 1.0, 0.0, 1, true},
   };
   for (const LayerCase& c : cases) expect_layer_matches(c);
+}
+
+TEST(MoeCuda, GroupedExpertsOnBf16RowsMatchCpu) {
+  LINEA_REQUIRE_CUDA();
+  constexpr int64_t D = 48, F = 40;
+  const std::vector<int64_t> counts = {5, 0, 17, 1, 0, 30, 9, 0};
+  const int64_t E = static_cast<int64_t>(counts.size()), R = 62;
+  GroupedExperts cpu("experts", 0, E, D, F, DType::kF32), gpu("experts", 0, E, D, F, DType::kF32);
+  cpu.init(4, 0.2, 0.1);
+  gpu.init(4, 0.2, 0.1);
+  ParameterList pc, pg;
+  cpu.collect(pc);
+  gpu.collect(pg);
+  ASSERT_EQ(pc.size(), static_cast<size_t>(3 * E));
+  for (size_t i = 0; i < pg.size(); ++i) {
+    // Gradients that already hold values: the backward adds.
+    pc[i]->grad = random_tensor(pc[i]->value.shape(), 50 + i, DType::kF32, 0.1);
+    pg[i]->value = pg[i]->value.to(Device::cuda(0));
+    pg[i]->grad = pc[i]->grad.to(Device::cuda(0));
+  }
+  // bf16 rows, and the CPU reference on the same (rounded) values in f32.
+  const Tensor rows = random_tensor({R, D}, 60, DType::kF64).to(DType::kBF16);
+  const Tensor dy = random_tensor({R, D}, 61, DType::kF64).to(DType::kBF16);
+  const Tensor y_gpu = gpu.forward(rows.cuda(0), counts);
+  const Tensor y_cpu = cpu.forward(rows.to(DType::kF32), counts);
+  EXPECT_EQ(y_gpu.dtype(), DType::kBF16);
+  const double ey = rel_err(y_gpu, y_cpu);
+  EXPECT_LT(ey, kTolExpertsBF16) << "y";
+  const Tensor dx_gpu = gpu.backward(dy.cuda(0), counts);
+  const Tensor dx_cpu = cpu.backward(dy.to(DType::kF32), counts);
+  EXPECT_EQ(dx_gpu.dtype(), DType::kBF16);
+  const double edx = rel_err(dx_gpu, dx_cpu);
+  EXPECT_LT(edx, kTolExpertsBF16) << "dx";
+  double worst = 0;
+  for (size_t i = 0; i < pc.size(); ++i) {
+    EXPECT_EQ(pg[i]->grad.dtype(), DType::kF32) << pg[i]->name;
+    const double e = rel_err(pg[i]->grad, pc[i]->grad);
+    EXPECT_LT(e, kTolExpertsBF16) << pc[i]->name;
+    worst = std::max(worst, e);
+  }
+  // Empty experts keep their gradients exactly.
+  EXPECT_EQ(rel_err(pg[3]->grad, pc[3]->grad), 0.0) << pc[3]->name;
+  // The backward released what the forward saved.
+  EXPECT_THROW(gpu.backward(dy.cuda(0), counts), Error);
+  std::printf("bf16 experts: y %.2e, dx %.2e, worst gradient %.2e\n", ey, edx, worst);
+}
+
+// f32 tokens, bf16 expert rows: the permutation rounds once, the combine and the permutation's
+// backward sum bf16 rows in f32 into f32 tokens, the combine's backward takes f32 dy.
+TEST(MoeCuda, MixedDtypeRowMovementMatchesCpu) {
+  LINEA_REQUIRE_CUDA();
+  const int64_t N = 41, k = 3, E = 6, D = 72;
+  DispatchPlan plan = random_plan(N, k, E, expert_capacity(0.8, N, k, E), 8);
+  const int64_t R = plan.rows();
+  upload_plan(plan, Device::cuda(0));
+  const Tensor rc_cpu = cpu_i32(plan.row_copy), cr_cpu = cpu_i32(plan.copy_row);
+  const Tensor x = random_cuda({N, D}, 1, DType::kF32);
+  Tensor rows = poisoned_cuda({R, D}, DType::kBF16);
+  kernels::moe_permute(x, plan.row_copy_index, k, rows);
+  Tensor rows_ref = Tensor::empty({R, D}, DType::kF64, Device::cpu());
+  kernels::moe_permute(ref64(x.to(DType::kBF16)), rc_cpu, k, rows_ref);
+  EXPECT_EQ(rel_err(rows, rows_ref), 0.0) << "permute: one rounding, like to(bf16)";
+
+  const Tensor w = random_cuda({N * k}, 2, DType::kF32, 0.5);
+  const Tensor er = random_cuda({R, D}, 3, DType::kBF16);
+  Tensor y = poisoned_cuda({N, D}, DType::kF32);
+  kernels::moe_unpermute_combine(er, plan.copy_row_index, w, k, y);
+  Tensor y_ref = Tensor::empty({N, D}, DType::kF64, Device::cpu());
+  kernels::moe_unpermute_combine(ref64(er), cr_cpu, ref64(w), k, y_ref);
+  EXPECT_LT(rel_err(y, y_ref), kTolF32) << "combine into f32";
+
+  const Tensor drows = random_cuda({R, D}, 4, DType::kBF16);
+  Tensor dx = random_cuda({N, D}, 5, DType::kF32);
+  Tensor dx_ref = ref64(dx);
+  kernels::moe_permute_backward(drows, plan.copy_row_index, k, dx);
+  kernels::moe_permute_backward(ref64(drows), cr_cpu, k, dx_ref);
+  EXPECT_LT(rel_err(dx, dx_ref), kTolF32) << "permute backward into f32";
+
+  const Tensor dy = random_cuda({N, D}, 6, DType::kF32);
+  Tensor dr = poisoned_cuda({R, D}, DType::kBF16), dw = poisoned_cuda({N * k}, DType::kF32);
+  kernels::moe_unpermute_combine_backward(dy, er, plan.copy_row_index, w, k, dr, dw);
+  Tensor dr_ref = Tensor::empty({R, D}, DType::kF64, Device::cpu());
+  Tensor dw_ref = Tensor::empty({N * k}, DType::kF64, Device::cpu());
+  kernels::moe_unpermute_combine_backward(ref64(dy), ref64(er), cr_cpu, ref64(w), k, dr_ref,
+                                          dw_ref);
+  EXPECT_LT(rel_err(dr, dr_ref), kTolBF16) << "combine backward drows (bf16)";
+  EXPECT_LT(rel_err(dw, dw_ref), kTolF32) << "combine backward dweight (f32)";
 }
 
 }  // namespace

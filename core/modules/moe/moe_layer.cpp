@@ -4,6 +4,7 @@
 #include <cmath>
 #include <optional>
 
+#include "core/modules/matmul_precision.h"
 #include "core/util/phase_times.h"
 #include "kernels/elementwise.h"
 #include "kernels/moe_permute.h"
@@ -47,21 +48,15 @@ MoeLayer::MoeLayer(const std::string& name, int64_t hidden, const config::MoeCon
       hidden_(hidden),
       dtype_(dtype),
       router_(name + ".gate", hidden, cfg, dtype, seq),
+      dispatcher_(ep && ep->size() > 1
+                      ? std::make_unique<parallel::ExpertDispatcher>(*ep, cfg.num_experts())
+                      : nullptr),
+      first_local_(dispatcher_ ? dispatcher_->first_local_expert() : 0),
+      // Experts keep their global index in their names (and so in their initial values).
+      experts_(name + ".experts", first_local_,
+               dispatcher_ ? dispatcher_->num_local_experts() : cfg.num_experts(), hidden,
+               cfg.expert_intermediate_size(), dtype),
       step_load_(cfg.num_experts(), 0.0) {
-  int local = cfg.num_experts();
-  if (ep && ep->size() > 1) {
-    dispatcher_ = std::make_unique<parallel::ExpertDispatcher>(*ep, cfg.num_experts());
-    local = dispatcher_->num_local_experts();
-    first_local_ = dispatcher_->first_local_expert();
-  }
-  // Experts keep their global index in their names (and so in their initial values).
-  for (int e = static_cast<int>(first_local_); e < first_local_ + local; ++e) {
-    experts_.push_back(std::make_unique<SwiGLUMLP>(name + ".experts." + std::to_string(e), hidden,
-                                                   cfg.expert_intermediate_size(), dtype));
-    ParameterList ps;
-    experts_.back()->collect(ps);
-    for (Parameter* p : ps) p->sharding = ParamSharding::kExpert;
-  }
   if (cfg.num_shared_experts() > 0) {
     shared_ = std::make_unique<SwiGLUMLP>(
         name + ".shared_experts", hidden,
@@ -73,29 +68,16 @@ MoeLayer::MoeLayer(const std::string& name, int64_t hidden, const config::MoeCon
 
 void MoeLayer::init(uint64_t seed, double std, double out_std) {
   router_.init(seed, std);
-  for (auto& e : experts_) e->init(seed, std, out_std);
+  experts_.init(seed, std, out_std);
   if (shared_) shared_->init(seed, std, out_std);
   if (shared_gate_) init_normal(shared_gate_->weight(), seed, std);
 }
 
 std::vector<int64_t> MoeLayer::local_counts() const {
   if (dispatcher_) return dispatcher_->local_expert_counts();
-  std::vector<int64_t> counts(experts_.size());
-  for (size_t e = 0; e < experts_.size(); ++e) counts[e] = plan_.offsets[e + 1] - plan_.offsets[e];
+  std::vector<int64_t> counts(num_local_experts());
+  for (size_t e = 0; e < counts.size(); ++e) counts[e] = plan_.offsets[e + 1] - plan_.offsets[e];
   return counts;
-}
-
-Tensor MoeLayer::experts_apply(const Tensor& rows, const std::vector<int64_t>& counts,
-                               bool backward) {
-  Tensor out = Tensor::empty({rows.dim(0), hidden_}, dtype_, rows.device());
-  int64_t a = 0;
-  for (size_t e = 0; e < experts_.size(); a += counts[e], ++e) {
-    if (counts[e] == 0) continue;
-    const Tensor in = rows.slice(a, a + counts[e]);
-    Tensor block = out.slice(a, a + counts[e]);
-    block.copy_from(backward ? experts_[e]->backward(in) : experts_[e]->forward(in));
-  }
-  return out;
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -117,7 +99,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
     if (gpu) upload_plan(plan_, x.device());
   }
   phase.emplace("moe: permute");
-  Tensor rows = permute_tokens(xf, plan_);
+  // The expert rows: bf16 from here to the combine under bf16 precision on a GPU.
+  Tensor rows = permute_tokens(xf, plan_, matmul_operand_dtype(xf));
   phase.emplace("moe: experts");
   if (dispatcher_) {
     // The plan's rows are already grouped by global expert; dispatch keeps that order per source.
@@ -128,13 +111,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
     dispatcher_->prepare(expert_of_row, x.device());
     // dispatch -> this rank's experts on every source's rows -> combine back to plan order
     expert_out_ =
-        dispatcher_->combine(experts_apply(dispatcher_->dispatch(rows), local_counts(), false));
+        dispatcher_->combine(experts_.forward(dispatcher_->dispatch(rows), local_counts()));
   } else {
-    expert_out_ = experts_apply(rows, local_counts(), false);
+    expert_out_ = experts_.forward(rows, local_counts());
   }
   // finish: un-permute and combine with the router weights
   phase.emplace("moe: combine");
-  Tensor y = gpu ? unpermute_combine(expert_out_, plan_, r.weights)
+  Tensor y = gpu ? unpermute_combine(expert_out_, plan_, r.weights, x.dtype())
                  : unpermute_combine(expert_out_, plan_, r.weight);
 
   phase.reset();
@@ -212,9 +195,9 @@ Tensor MoeLayer::backward(const Tensor& dy) {
   if (dispatcher_) {
     // combine's backward is dispatch; dispatch's backward is combine (expert_dispatch.h).
     const Tensor d_received = dispatcher_->combine_backward(drows);
-    drows = dispatcher_->dispatch_backward(experts_apply(d_received, local_counts(), true));
+    drows = dispatcher_->dispatch_backward(experts_.backward(d_received, local_counts()));
   } else {
-    drows = experts_apply(drows, local_counts(), true);
+    drows = experts_.backward(drows, local_counts());
   }
   phase.emplace("moe: permute bwd");
   permute_tokens_backward(drows, plan_, dx);
@@ -226,7 +209,7 @@ Tensor MoeLayer::backward(const Tensor& dy) {
 
 void MoeLayer::collect(ParameterList& out) {
   router_.collect(out);
-  for (auto& e : experts_) e->collect(out);
+  experts_.collect(out);
   if (shared_) shared_->collect(out);
   if (shared_gate_) shared_gate_->collect(out);
 }

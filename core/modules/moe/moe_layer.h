@@ -6,8 +6,9 @@
 // shared_expert_gate (Qwen2-MoE) or 1 without.
 //
 // Data flow (dispatch splits at the brackets; identity without an EP group):
-//   route -> plan_dispatch + permute_tokens -> [dispatch] -> expert e runs a BLAS SwiGLU on its
-//   contiguous row block -> [combine] -> unpermute_combine (+ shared experts).
+//   route -> plan_dispatch + permute_tokens -> [dispatch] -> the local experts' SwiGLUs on their
+//   contiguous row blocks, all at once (grouped_experts.h) -> [combine] -> unpermute_combine
+//   (+ shared experts).
 // Dropless unless capacity_factor > 0 (token_permutation.h says which copies are dropped).
 //
 // Expert parallelism: with an EP group of P ranks (parallel/expert_dispatch.h) this rank holds
@@ -25,15 +26,19 @@
 //
 // On a GPU (parameters moved with Model::to, x a CUDA tensor) the same steps run there: the
 // router's kernels, the plan built on the host from the one read-back of the chosen experts and
-// uploaded once, the permutation and combine kernels (kernels/moe_permute.h), each expert's
-// SwiGLU through cuBLAS on its row block, the shared gate as one kernel. forward and backward
-// allocate on x's device (a DefaultDeviceScope of their own). docs/moe.md lists the host syncs.
+// uploaded once, the permutation and combine kernels (kernels/moe_permute.h), the experts as
+// grouped cuBLAS products (kernels/grouped_gemm.h), the shared gate as one kernel. Under
+// train.precision bf16 the expert rows are bf16 from the permutation to the combine (dispatched
+// rows, gate/up outputs, expert outputs, their gradients; the combine sums in f32 into f32
+// tokens), otherwise they keep x's dtype. forward and backward allocate on x's device (a
+// DefaultDeviceScope of their own). docs/moe.md lists the host syncs.
 #pragma once
 
 #include <memory>
 #include <vector>
 
 #include "core/modules/channel_mixer.h"
+#include "core/modules/moe/grouped_experts.h"
 #include "core/modules/moe/router.h"
 #include "core/modules/moe/token_permutation.h"
 #include "core/modules/swiglu_mlp.h"
@@ -63,7 +68,7 @@ class MoeLayer : public ChannelMixer {
   void release_saved() override {
     routing_kept_ = false;
     router_.release_saved();
-    for (auto& e : experts_) e->release_saved();
+    experts_.release_saved();
     if (shared_) shared_->release_saved();
     if (shared_gate_) shared_gate_->release_saved();
     plan_ = DispatchPlan{};
@@ -74,7 +79,7 @@ class MoeLayer : public ChannelMixer {
   // Drops the activations (rows, expert intermediates, outputs) but keeps the router's state and
   // the dispatch plan: about (N k + 2 N E) numbers and the router's input, against N k D floats.
   void release_for_replay() override {
-    for (auto& e : experts_) e->release_saved();
+    experts_.release_saved();
     if (shared_) shared_->release_saved();
     if (shared_gate_) shared_gate_->release_saved();
     expert_out_ = shared_out_ = Tensor();
@@ -99,13 +104,10 @@ class MoeLayer : public ChannelMixer {
   // Every expert of the layer (all EP ranks together).
   int64_t num_experts() const { return cfg_.num_experts(); }
   // The experts this rank holds: global indices [first_local_expert, + num_local_experts).
-  int64_t num_local_experts() const { return static_cast<int64_t>(experts_.size()); }
+  int64_t num_local_experts() const { return experts_.size(); }
   int64_t first_local_expert() const { return first_local_; }
 
  private:
-  // Local expert l's forward (or, with backward, its backward) on rows [offset_l, offset_l +
-  // counts[l]) of `rows` (counts: one per local expert, in order).
-  Tensor experts_apply(const Tensor& rows, const std::vector<int64_t>& counts, bool backward);
   // Rows per local expert of the current plan (no EP group: the plan's own blocks).
   std::vector<int64_t> local_counts() const;
 
@@ -113,11 +115,11 @@ class MoeLayer : public ChannelMixer {
   int64_t hidden_;
   DType dtype_;
   Router router_;
-  std::vector<std::unique_ptr<SwiGLUMLP>> experts_;
   std::unique_ptr<SwiGLUMLP> shared_;
   std::unique_ptr<Linear> shared_gate_;
   std::unique_ptr<parallel::ExpertDispatcher> dispatcher_;  // null without an EP group
   int64_t first_local_ = 0;
+  GroupedExperts experts_;  // after dispatcher_ and first_local_, which its construction reads
   double aux_grad_scale_ = 1.0;
 
   DispatchPlan plan_;

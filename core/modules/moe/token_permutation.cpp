@@ -124,13 +124,20 @@ void check_uploaded(const DispatchPlan& plan, const Tensor& t, const char* op) {
 }  // namespace
 
 Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan) {
+  return permute_tokens(x, plan, x.dtype());
+}
+
+Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan, DType rows_dtype) {
   if (!x.device().is_cpu()) {
     check_uploaded(plan, x, "permute_tokens");
-    Tensor rows = Tensor::empty({plan.rows(), x.dim(-1)}, x.dtype(), x.device());
+    Tensor rows = Tensor::empty({plan.rows(), x.dim(-1)}, rows_dtype, x.device());
     kernels::moe_permute(x, plan.row_copy_index, plan.top_k, rows);
     return rows;
   }
   check_cpu_float(x, "permute_tokens");
+  LINEA_CHECK(rows_dtype == x.dtype())
+      << "permute_tokens: CPU rows keep x's dtype " << dtype_name(x.dtype()) << ", asked for "
+      << dtype_name(rows_dtype);
   const int64_t D = x.dim(-1);
   Tensor rows = Tensor::empty({plan.rows(), D}, x.dtype());
   if (x.dtype() == DType::kF32)
@@ -182,8 +189,13 @@ void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const Disp
 }
 
 Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight) {
+  return unpermute_combine(rows, plan, weight, rows.dtype());
+}
+
+Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight,
+                         DType out_dtype) {
   if (!rows.device().is_cpu()) check_uploaded(plan, rows, "unpermute_combine");
-  Tensor out = Tensor::empty({plan.tokens, rows.dim(-1)}, rows.dtype(), rows.device());
+  Tensor out = Tensor::empty({plan.tokens, rows.dim(-1)}, out_dtype, rows.device());
   kernels::moe_unpermute_combine(rows, plan.copy_row_index, weight, plan.top_k, out);
   return out;
 }

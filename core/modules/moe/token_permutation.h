@@ -39,8 +39,9 @@ int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, i
 // Uploads row_copy and copy_row to `device` (one host-to-device copy) for the tensor overloads.
 void upload_plan(DispatchPlan& plan, Device device);
 
-// x [N, D] -> rows [plan.rows(), D].
+// x [N, D] -> rows [plan.rows(), D], in x's dtype or (GPU) in rows_dtype (f32 <-> bf16).
 Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan);
+Tensor permute_tokens(const Tensor& x, const DispatchPlan& plan, DType rows_dtype);
 // d(rows) [rows, D] -> adds into dx [N, D].
 void permute_tokens_backward(const Tensor& drows, const DispatchPlan& plan, Tensor& dx);
 
@@ -52,8 +53,11 @@ void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const Disp
                                 const std::vector<double>& weight, Tensor& drows,
                                 std::vector<double>& dweight);
 // The same with device weights [N k] f32 (any device; GPU tensors need upload_plan): dweight
-// is written as [N k] f32 next to dy.
+// is written as [N k] f32 next to dy; drows has rows' dtype (on a GPU dy's may differ).
 Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight);
+// The same with the output in out_dtype (GPU: bf16 rows to f32 tokens or back).
+Tensor unpermute_combine(const Tensor& rows, const DispatchPlan& plan, const Tensor& weight,
+                         DType out_dtype);
 void unpermute_combine_backward(const Tensor& dy, const Tensor& rows, const DispatchPlan& plan,
                                 const Tensor& weight, Tensor& drows, Tensor& dweight);
 
