@@ -56,9 +56,9 @@ void check_gpu_model(const config::Config& cfg) {
         << "needs the value-side decay (gv) scan, which has no CUDA path (docs/cuda.md)";
     const bool delta = m.kind() == MC::DELTANET || m.kind() == MC::GATED_DELTANET;
     // The delta mixers, Mamba2 and MoM keep their short convolution unless it is turned off.
-    const bool conv = m.short_conv() == MC::ON ||
-                      (m.short_conv() == MC::DEFAULT &&
-                       (delta || m.kind() == MC::MAMBA2 || m.kind() == MC::MOM));
+    const bool conv =
+        m.short_conv() == MC::ON ||
+        (m.short_conv() == MC::DEFAULT && (delta || m.kind() == MC::MAMBA2 || m.kind() == MC::MOM));
     LINEA_USER_CHECK(!conv || m.conv_size() <= 8, kWhatRuns)
         << "layer " << layer << ": model.mixer.conv_size = " << m.conv_size()
         << " is not on GPUs (the CUDA short convolution takes conv_size <= 8)";
