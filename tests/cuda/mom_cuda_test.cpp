@@ -87,12 +87,11 @@ void expect_param_grads_close(const Pair& p) {
     ASSERT_EQ(p.pc[i]->name, p.pg[i]->name);
     EXPECT_FALSE(p.pg[i]->grad.device().is_cpu()) << p.pg[i]->name;
     const std::string& n = p.pg[i]->name;
-    const bool loose = n.find("q_proj") != std::string::npos ||
-                       n.find("gate") != std::string::npos || n.find("gk") != std::string::npos ||
-                       n.find("a_proj") != std::string::npos ||
-                       n.find("b_proj") != std::string::npos ||
-                       n.find("A_log") != std::string::npos ||
-                       n.find("dt_bias") != std::string::npos;
+    const bool loose =
+        n.find("q_proj") != std::string::npos || n.find("gate") != std::string::npos ||
+        n.find("gk") != std::string::npos || n.find("a_proj") != std::string::npos ||
+        n.find("b_proj") != std::string::npos || n.find("A_log") != std::string::npos ||
+        n.find("dt_bias") != std::string::npos;
     expect_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : 2e-2, loose ? 2e-1 : 6e-2,
                  "d " + n);
   }

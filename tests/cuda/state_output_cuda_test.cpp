@@ -65,9 +65,10 @@ TEST(StateOutputCuda, MatchesTheCpuReference) {
             kernels::state_output_state_grad(ref64(q), gk_r, gv_r, scale, ref64(d_o), ds_r);
             // The added term alone, so that the tolerance is not measured against o0.
             Tensor added = ref64(o), added_r = o_r.clone();
+            const Tensor base = ref64(o0);
             for (int64_t i = 0; i < added.numel(); ++i) {
-              added.set_item(i, added.item(i) - ref64(o0).item(i));
-              added_r.set_item(i, added_r.item(i) - ref64(o0).item(i));
+              added.set_item(i, added.item(i) - base.item(i));
+              added_r.set_item(i, added_r.item(i) - base.item(i));
             }
             EXPECT_LT(rel_err(added, added_r), dt == DType::kBF16 ? kTolBF16 : 2e-5);
             EXPECT_LT(rel_err(ds, ds_r), 1e-4);
