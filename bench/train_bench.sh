@@ -40,7 +40,8 @@ while read -r name ngpu config seq micro recompute extra; do
   args=(train --config "$config" --set train.device="$DEVICE" --set train.steps="$STEPS"
     --set schedule.warmup_steps=1 --set logging.every_steps=1 --set train.grad_accum_steps=1
     --set data.seq_len="$seq" --set train.micro_batch_size="$micro"
-    --set train.recompute="$recompute" --set train.output_dir="$run_dir")
+    --set train.recompute="$recompute" --set train.output_dir="$run_dir"
+    --set checkpoint.every_steps=0 --set checkpoint.auto_resume=false)
   # shellcheck disable=SC2206
   [[ -n "$extra" ]] && args+=($extra)
   launcher=()
