@@ -309,8 +309,7 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
                 (!o.defined() || o.dtype() == q.dtype()))
         << op << ": the value-decay scan takes q, k, v, o of one dtype; got q " << describe(q)
         << ", k " << describe(k) << ", v " << describe(v) << ", o " << describe(o);
-    value_decay_scan_forward(q, k, v, gv, static_cast<float>(scale), initial_state, o,
-                             final_state);
+    value_decay_scan_forward(q, k, v, gv, static_cast<float>(scale), initial_state, o, final_state);
     return;
   }
   if (gk.defined() && gk.ndim() == 4) {

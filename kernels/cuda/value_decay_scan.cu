@@ -16,7 +16,9 @@ constexpr int kC = 64, kThreads = 256;
 struct Geo {
   int B, T, H, Dk, Dv, NC;
   // The flat row of token t of head h of sequence b; times D for its first element.
-  __host__ __device__ int64_t row(int b, int t, int h) const { return (int64_t(b) * T + t) * H + h; }
+  __host__ __device__ int64_t row(int b, int t, int h) const {
+    return (int64_t(b) * T + t) * H + h;
+  }
   __host__ __device__ int64_t state_size() const { return int64_t(Dk) * Dv; }
   // The first element of slot `slot` of the (NC + 1)-slot state workspace of head bh.
   __host__ __device__ int64_t slot_offset(int bh, int slot) const {
@@ -275,7 +277,8 @@ __global__ void gate_grad_kernel(const float* o32, const T* d_o, const T* v, con
   const int64_t off = d.slot_offset(bh, c + 1);
   for (int j = threadIdx.x; j < d.Dv; j += blockDim.x) {
     float acc = 0.0f;
-    for (int i = 0; i < d.Dk; ++i) acc += S[off + int64_t(i) * d.Dv + j] * dS[off + int64_t(i) * d.Dv + j];
+    for (int i = 0; i < d.Dk; ++i)
+      acc += S[off + int64_t(i) * d.Dv + j] * dS[off + int64_t(i) * d.Dv + j];
     for (int t = len - 1; t >= 0; --t) {
       const int64_t idx = d.row(b, t0 + t, h) * d.Dv + j;
       acc += o32[idx] * to_float(d_o[idx]) - to_float(v[idx]) * dv32[idx];

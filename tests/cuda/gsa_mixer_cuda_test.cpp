@@ -110,8 +110,8 @@ void expect_param_grads_close(const MixerPair& p) {
 TEST(GsaMixerCuda, ForwardBackwardMatchCpu) {
   LINEA_REQUIRE_CUDA();
   const int64_t B = 2, T = 192, D = 128;
-  for (const GsaCase& c : {GsaCase{64, 64, false}, GsaCase{128, 64, false},
-                           GsaCase{64, 128, true}}) {
+  for (const GsaCase& c :
+       {GsaCase{64, 64, false}, GsaCase{128, 64, false}, GsaCase{64, 128, true}}) {
     SCOPED_TRACE(case_name(c));
     std::printf("%s\n", case_name(c).c_str());
     MixerPair p = make_pair(c, T);
@@ -159,9 +159,8 @@ TEST(GsaMixerCuda, SegmentWithStatesMatchesCpu) {
     }
     const Tensor y_r = p.cpu->forward_segment(
         ref64(x), SegmentIn{{ref64(s_in_k), ref64(s_in_v)}, Tensor()}, &out_r);
-    const Tensor dx_r =
-        p.cpu->backward_segment(ref64(dy), SegmentGradIn{{ref64(ds_out_k), ref64(ds_out_v)}},
-                                &gout_r);
+    const Tensor dx_r = p.cpu->backward_segment(
+        ref64(dy), SegmentGradIn{{ref64(ds_out_k), ref64(ds_out_v)}}, &gout_r);
     ASSERT_EQ(out.final_states.size(), 2u);
     ASSERT_EQ(out.transitions.size(), 2u);
     ASSERT_EQ(gout.d_states.size(), 2u);

@@ -183,9 +183,9 @@ TEST(ValueDecayScanCuda, RefusesWhatItDoesNotTake) {
     const Tensor q = random_cuda(qs, 23, DType::kF32);
     const Tensor g = Tensor::zeros(qs, DType::kF32, Device::cuda(0));
     Tensor o = poisoned_cuda(qs, DType::kF32);
-    EXPECT_THROW(kernels::gated_linear_attention_chunked_forward(q, q, q, g, g, 0.1, 64, Tensor(),
-                                                                 o, none),
-                 Error);
+    EXPECT_THROW(
+        kernels::gated_linear_attention_chunked_forward(q, q, q, g, g, 0.1, 64, Tensor(), o, none),
+        Error);
   }
 }
 
