@@ -4,6 +4,7 @@
 // the scores, v, dO and bv in P, the state rows in dq, dk) have an odd stride, so those reads fall
 // on distinct banks.
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/value_decay_scan.h"
