@@ -29,7 +29,7 @@ bool gpu_mixer_kind(config::MixerConfig::Kind k) {
   using MC = config::MixerConfig;
   return k == MC::LINEAR_ATTENTION || k == MC::LIGHTNING || k == MC::RETNET ||
          k == MC::SIMPLE_GLA || k == MC::GLA || k == MC::HGRN2 || k == MC::MAMBA2 ||
-         k == MC::DELTANET || k == MC::GATED_DELTANET || k == MC::MOM;
+         k == MC::DELTANET || k == MC::GATED_DELTANET || k == MC::MOM || k == MC::GSA;
 }
 
 void check_gpu_model(const config::Config& cfg) {
@@ -50,10 +50,6 @@ void check_gpu_model(const config::Config& cfg) {
       continue;
     }
     const MC m = mixer_config_for_layer(cfg, layer);
-    LINEA_USER_CHECK(m.kind() != MC::GSA,
-                     "use another mixer kind with train.device = cuda, or train.device = cpu")
-        << "layer " << layer << ": model.mixer.kind = GSA is not on GPUs yet: its first pass "
-        << "needs the value-side decay (gv) scan, which has no CUDA path (docs/cuda.md)";
     const bool delta = m.kind() == MC::DELTANET || m.kind() == MC::GATED_DELTANET;
     // The delta mixers, Mamba2 and MoM keep their short convolution unless it is turned off.
     const bool conv =
@@ -72,6 +68,15 @@ void check_gpu_model(const config::Config& cfg) {
                            ? std::llround(m.expand_v() * double(ctx.hidden)) / m.num_heads()
                        : delta || m.kind() == MC::MOM ? std::llround(m.expand_v() * double(dk))
                                                       : dk;
+    // GSA: its first pass (the value-decay scan) has the slots as value width, its second (the
+    // vector-decay scan) as key width and dv as value width; both scans take 64 or 128.
+    const auto wide_ok = [](int64_t n) { return n == 64 || n == 128; };
+    LINEA_USER_CHECK(m.kind() != MC::GSA || (wide_ok(m.num_slots()) && wide_ok(dv)),
+                     "set model.mixer.num_slots (and the value width) to 64 or 128, or "
+                     "train.device = cpu")
+        << "layer " << layer << ": GSA with " << m.num_slots()
+        << " slots (model.mixer.num_slots) and values of " << dv
+        << " is not on GPUs: the CUDA decay scans take 64 or 128 (docs/cuda.md)";
     // Basic linear attention's scan takes any key width (the feature map's output dim: blocks of
     // key columns); the gated scans take 64 or 128.
     const bool dk_ok = m.kind() == MC::LINEAR_ATTENTION || dk == 64 || dk == 128;

@@ -6,8 +6,10 @@
 // forward's final state when a gradient reaches it (recomputed by a state-only scan). What differs
 // from the CPU contract:
 //  - a vector gate (gk [B, T, H, Dk]: GLA, HGRN2) runs the vector-decay scan instead
-//    (kernels/cuda/vector_decay_scan.h: tensor cores on sub-chunks, q, k, v of one dtype); gv
-//    (GSA) is not on CUDA yet: an error says so;
+//    (kernels/cuda/vector_decay_scan.h: tensor cores on sub-chunks, q, k, v of one dtype); a
+//    value-side gate gv [B, T, H, Dv] without gk (GSA's first pass) runs the value-decay scan
+//    (kernels/cuda/value_decay_scan.h: f32 on CUDA cores, q, k, v of one dtype); gk and gv
+//    together are refused with a message;
 //  - q, k, v, dO enter the tensor cores in bf16; the gates, states and dgk are f32;
 //  - the chunk is always 64 tokens and T need not divide; Dk in {64, 128} with gates, any Dk
 //    without (blocks of key columns, below), Dv a multiple of 64.
@@ -18,6 +20,7 @@
 #include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/value_decay_scan.h"
 #include "kernels/cuda/vector_decay_scan.h"
 
 namespace linea::kernels::cuda {
@@ -40,8 +43,16 @@ Dims check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
       << op << ": q " << describe(q) << ", k " << describe(k) << ", v " << describe(v)
       << " must be [B, T, H, Dk], [B, T, H, Dk], [B, T, H, Dv]";
   const Dims d{int(q.dim(0)), int(q.dim(1)), int(q.dim(2)), int(q.dim(3)), int(v.dim(3))};
-  LINEA_CHECK(!gv.defined()) << op << ": a value-side gate gv is not supported on CUDA yet "
-                             << "(Gated Slot Attention runs on the CPU)";
+  if (gv.defined()) {
+    LINEA_CHECK(!gk.defined())
+        << op << ": gk " << describe(gk) << " and gv " << describe(gv)
+        << " together (a decay on both sides) are not supported on CUDA; one gate at a time";
+    check_cuda(gv, op, "gv");
+    check_same_device(gv, q, op, "gv", "q");
+    const Shape vector{d.B, d.T, d.H, d.Dv};
+    LINEA_CHECK(gv.dtype() == DType::kF32 && gv.shape() == vector)
+        << op << ": gv " << describe(gv) << " must be f32 [B, T, H, Dv] on CUDA";
+  }
   if (gk.defined()) {
     check_cuda(gk, op, "gk");
     check_same_device(gk, q, op, "gk", "q");
@@ -144,8 +155,8 @@ std::vector<KeyBlock> key_blocks(int Dk) {
   return out;
 }
 
-bool needs_key_blocks(const Dims& d, const Tensor& gk) {
-  return !gk.defined() && d.Dk != 64 && d.Dk != 128;
+bool needs_key_blocks(const Dims& d, const Tensor& gk, const Tensor& gv) {
+  return !gk.defined() && !gv.defined() && d.Dk != 64 && d.Dk != 128;
 }
 
 // Elements [src_off, src_off + n) of each of `rows` rows of `src` (src_row elements a row) to
@@ -289,8 +300,16 @@ void gated_linear_attention_chunked_forward(const Tensor& q, const Tensor& k, co
   check_state_out(final_state, d, op, "final_state");
   LINEA_CHECK(o.defined() || final_state.defined())
       << op << ": neither o nor final_state is wanted";
-  if (needs_key_blocks(d, gk)) {
+  if (needs_key_blocks(d, gk, gv)) {
     blocked_forward(q, k, v, d, scale, chunk, initial_state, o, final_state);
+    return;
+  }
+  if (gv.defined()) {
+    LINEA_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype() &&
+                (!o.defined() || o.dtype() == q.dtype()))
+        << op << ": the value-decay scan takes q, k, v, o of one dtype; got q " << describe(q)
+        << ", k " << describe(k) << ", v " << describe(v) << ", o " << describe(o);
+    value_decay_scan_forward(q, k, v, gv, static_cast<float>(scale), initial_state, o, final_state);
     return;
   }
   if (gk.defined() && gk.ndim() == 4) {
@@ -319,7 +338,12 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
   const char* op = "gated_linear_attention_chunked_backward (CUDA)";
   const Dims d = check_args(q, k, v, gk, gv, initial_state, op);
   LINEA_CHECK(chunk > 0) << op << ": chunk = " << chunk << " must be positive";
-  LINEA_CHECK(!dgv.defined()) << op << ": dgv asked for without a value-side gate";
+  if (dgv.defined()) {
+    LINEA_CHECK(gv.defined()) << op << ": dgv asked for without a value-side gate gv";
+    check_cuda(dgv, op, "dgv");
+    LINEA_CHECK(dgv.dtype() == DType::kF32 && dgv.shape() == gv.shape())
+        << op << ": dgv " << describe(dgv) << " must be f32 " << shape_str(gv.shape());
+  }
   check_out(d_o, v.shape(), op, "d_o");
   check_out(dq, q.shape(), op, "dq");
   check_out(dk, k.shape(), op, "dk");
@@ -332,9 +356,19 @@ void gated_linear_attention_chunked_backward(const Tensor& q, const Tensor& k, c
     LINEA_CHECK(dgk.dtype() == DType::kF32 && dgk.shape() == gk.shape())
         << op << ": dgk " << describe(dgk) << " must be f32 " << shape_str(gk.shape());
   }
-  if (needs_key_blocks(d, gk)) {
+  if (needs_key_blocks(d, gk, gv)) {
     blocked_backward(q, k, v, d, scale, chunk, initial_state, d_o, d_final_state, dq, dk, dv,
                      d_initial_state);
+    return;
+  }
+  if (gv.defined()) {
+    const Tensor* same_dtype[] = {&k, &v, &d_o, &dq, &dk, &dv};
+    for (const Tensor* t : same_dtype)
+      LINEA_CHECK(t->dtype() == q.dtype())
+          << op << ": the value-decay scan takes q, k, v, dO and their gradients of one dtype; "
+          << "got q " << describe(q) << " and " << describe(*t);
+    value_decay_scan_backward(q, k, v, gv, static_cast<float>(scale), initial_state, d_o,
+                              d_final_state, dq, dk, dv, dgv, d_initial_state);
     return;
   }
   if (gk.defined() && gk.ndim() == 4) {

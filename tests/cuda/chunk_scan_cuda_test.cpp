@@ -131,12 +131,15 @@ TEST(ChunkScanCuda, RefusesWhatItDoesNotRunWithAMessage) {
                                                         none);
       },
       "Dqk = 96");
-  const Tensor gv = log_decays({1, 64, 1, 64}, 3);  // a value-side gate (GSA)
+  // A value-side gate (GSA) runs the value-decay scan (ValueDecayScanCuda); with a key-side gate
+  // too it is refused.
+  const Tensor gv = log_decays({1, 64, 1, 64}, 3), gk_vec = log_decays({1, 64, 1, 64}, 5);
   expect_error_with(
       [&] {
-        kernels::gated_linear_attention_chunked_forward(v, v, v, none, gv, 1.0, 64, none, o, none);
+        kernels::gated_linear_attention_chunked_forward(v, v, v, gk_vec, gv, 1.0, 64, none, o,
+                                                        none);
       },
-      "not supported on CUDA yet");
+      "a decay on both sides");
 }
 
 }  // namespace
