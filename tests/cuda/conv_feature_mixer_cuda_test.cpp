@@ -23,6 +23,7 @@
 #include "kernels/short_conv.h"
 #include "kernels/ssd.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mixer_pair.h"
 
 namespace linea {
 namespace {
@@ -365,46 +366,12 @@ config::Config mixer_config(const MixerCase& c) {
   return cfg;
 }
 
-struct MixerPair {
-  std::unique_ptr<TokenMixer> cpu, gpu;
-  ParameterList pc, pg;
-};
-
 MixerPair make_pair(const MixerCase& c) {
-  const config::Config cfg = mixer_config(c);
-  MixerPair p;
-  p.cpu = make_token_mixer(cfg, 0, "mixer", DType::kF64);
-  p.gpu = make_token_mixer(cfg, 0, "mixer", DType::kF32);
-  const double std = 1.0 / std::sqrt(128.0);
-  p.gpu->init(7, std, std);
-  p.cpu->collect(p.pc);
-  p.gpu->collect(p.pg);
-  EXPECT_EQ(p.pc.size(), p.pg.size());
-  for (size_t i = 0; i < p.pg.size(); ++i) {
-    Parameter& g = *p.pg[i];
+  return make_mixer_pair(mixer_config(c), [](Parameter& g) {
     // ReBased's affine starts at (1, 0): a random shift shows a wrong beta path.
     if (g.name.find("feature_map.beta") != std::string::npos)
       g.value = random_tensor(g.value.shape(), 78, DType::kF64, 0.3).to(DType::kF32);
-    g.value = g.value.to(Device::cuda(0));
-    g.grad = g.grad.to(Device::cuda(0));
-    p.pc[i]->value.copy_from(g.value);
-  }
-  return p;
-}
-
-void expect_grad_close(const Tensor& got, const Tensor& ref, double tol_norm, double tol_max,
-                       const std::string& what) {
-  const Tensor g = ref64(got), r = ref64(ref);
-  ASSERT_EQ(g.shape(), r.shape()) << what;
-  double diff = 0, norm = 0;
-  for (int64_t j = 0; j < r.numel(); ++j) {
-    diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
-    norm += r.item(j) * r.item(j);
-  }
-  const double e_norm = std::sqrt(diff / std::max(norm, 1e-300)), e_max = rel_err(g, r);
-  EXPECT_LT(e_norm, tol_norm) << what << " (norm)";
-  EXPECT_LT(e_max, tol_max) << what << " (max element)";
-  std::printf("  %-60s norm %.2e  max %.2e\n", what.c_str(), e_norm, e_max);
+  });
 }
 
 constexpr double kTolNorm = 2e-2, kTolMax = 6e-2;
@@ -419,7 +386,7 @@ void expect_param_grads_close(const MixerPair& p) {
     const bool loose =
         nm.find("q_proj") != std::string::npos || nm.find("gk_proj") != std::string::npos ||
         nm.find("A_log") != std::string::npos || nm.find("dt_bias") != std::string::npos;
-    expect_grad_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : kTolNorm,
+    expect_norm_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : kTolNorm,
                       loose ? 2e-1 : kTolMax, "d " + nm);
   }
 }
@@ -456,8 +423,8 @@ TEST(ConvFeatureMixerCuda, ForwardBackwardMatchCpu) {
     ASSERT_FALSE(y.device().is_cpu());
     const Tensor y_r = p.cpu->forward(ref64(x));
     const Tensor dx_r = p.cpu->backward(ref64(dy));
-    expect_grad_close(y, y_r, kTolNorm, kTolMax, "y");
-    expect_grad_close(dx, dx_r, kTolNorm, kTolMax, "dx");
+    expect_norm_close(y, y_r, kTolNorm, kTolMax, "y");
+    expect_norm_close(dx, dx_r, kTolNorm, kTolMax, "dx");
     expect_param_grads_close(p);
   }
 }
@@ -495,13 +462,13 @@ TEST(ConvFeatureMixerCuda, SegmentWithHaloAndStatesMatchesCpu) {
     const Tensor y_r = p.cpu->forward_segment(
         ref64(x), SegmentIn{{ref64(s_in)}, h.defined() ? ref64(h) : Tensor()}, &out_r);
     const Tensor dx_r = p.cpu->backward_segment(ref64(dy), SegmentGradIn{{ref64(ds_out)}}, &gout_r);
-    expect_grad_close(y, y_r, kTolNorm, kTolMax, "y");
-    expect_grad_close(out.final_states[0], out_r.final_states[0], kTolNorm, kTolMax, "S_out");
-    expect_grad_close(dx, dx_r, kTolNorm, kTolMax, "dx");
-    expect_grad_close(gout.d_states[0], gout_r.d_states[0], kTolNorm, kTolMax, "dS_in");
+    expect_norm_close(y, y_r, kTolNorm, kTolMax, "y");
+    expect_norm_close(out.final_states[0], out_r.final_states[0], kTolNorm, kTolMax, "S_out");
+    expect_norm_close(dx, dx_r, kTolNorm, kTolMax, "dx");
+    expect_norm_close(gout.d_states[0], gout_r.d_states[0], kTolNorm, kTolMax, "dS_in");
     if (halo > 0) {
       ASSERT_TRUE(gout.d_halo.defined());
-      expect_grad_close(gout.d_halo, gout_r.d_halo, kTolNorm, kTolMax, "d_halo");
+      expect_norm_close(gout.d_halo, gout_r.d_halo, kTolNorm, kTolMax, "d_halo");
     }
     expect_param_grads_close(p);
   }

@@ -27,6 +27,7 @@
 #include "kernels/gated_linear_attention.h"
 #include "kernels/gates.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mixer_pair.h"
 
 namespace linea {
 namespace {
@@ -283,49 +284,15 @@ config::Config decay_config(const MixerCase& c) {
   return cfg;
 }
 
-struct MixerPair {
-  std::unique_ptr<TokenMixer> cpu, gpu;
-  ParameterList pc, pg;
-};
-
 // The GPU mixer holds f32 weights on cuda:0; the CPU mixer the very same values in f64.
 MixerPair make_pair(const MixerCase& c) {
-  const config::Config cfg = decay_config(c);
-  MixerPair p;
-  p.cpu = make_token_mixer(cfg, 0, "mixer", DType::kF64);
-  p.gpu = make_token_mixer(cfg, 0, "mixer", DType::kF32);
-  const double std = 1.0 / std::sqrt(128.0);
-  p.gpu->init(7, std, std);
-  p.cpu->collect(p.pc);
-  p.gpu->collect(p.pg);
-  EXPECT_EQ(p.pc.size(), p.pg.size());
-  for (size_t i = 0; i < p.pg.size(); ++i) {
-    Parameter& g = *p.pg[i];
+  return make_mixer_pair(decay_config(c), [](Parameter& g) {
     // A random gate bias, so that a wrong bias path shows (the init is zero).
     const std::string bias = ".bias";
     if (g.name.size() > bias.size() &&
         g.name.compare(g.name.size() - bias.size(), bias.size(), bias) == 0)
       g.value = random_tensor(g.value.shape(), 77, DType::kF64, 1.0).to(DType::kF32);
-    g.value = g.value.to(Device::cuda(0));
-    g.grad = g.grad.to(Device::cuda(0));
-    p.pc[i]->value.copy_from(g.value);
-  }
-  return p;
-}
-
-void expect_grad_close(const Tensor& got, const Tensor& ref, double tol_norm, double tol_max,
-                       const std::string& what) {
-  const Tensor g = ref64(got), r = ref64(ref);
-  ASSERT_EQ(g.shape(), r.shape()) << what;
-  double diff = 0, norm = 0;
-  for (int64_t j = 0; j < r.numel(); ++j) {
-    diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
-    norm += r.item(j) * r.item(j);
-  }
-  const double e_norm = std::sqrt(diff / std::max(norm, 1e-300)), e_max = rel_err(g, r);
-  EXPECT_LT(e_norm, tol_norm) << what << " (norm)";
-  EXPECT_LT(e_max, tol_max) << what << " (max element)";
-  std::printf("  %-56s norm %.2e  max %.2e\n", what.c_str(), e_norm, e_max);
+  });
 }
 
 constexpr double kTolNorm = 2e-2, kTolMax = 6e-2;
@@ -345,7 +312,7 @@ void expect_param_grads_close(const MixerPair& p, MC::Kind kind) {
     // key is 1 - f), GLA's and simple GLA's gk_proj.
     const bool gate = name.find("gk_proj") != std::string::npos ||
                       (kind == MC::HGRN2 && name.find("f_proj") != std::string::npos);
-    expect_grad_close(p.pg[i]->grad, p.pc[i]->grad, q || gate ? 1.5e-1 : kTolNorm,
+    expect_norm_close(p.pg[i]->grad, p.pc[i]->grad, q || gate ? 1.5e-1 : kTolNorm,
                       q || gate ? 2e-1 : kTolMax, "d " + name);
   }
 }
@@ -373,8 +340,8 @@ TEST(DecayMixerCuda, ForwardBackwardMatchCpu) {
     ASSERT_FALSE(y.device().is_cpu());
     const Tensor y_r = p.cpu->forward(ref64(x));
     const Tensor dx_r = p.cpu->backward(ref64(dy));
-    expect_grad_close(y, y_r, kTolNorm, kTolMax, "y");
-    expect_grad_close(dx, dx_r, kTolNorm, kTolMax, "dx");
+    expect_norm_close(y, y_r, kTolNorm, kTolMax, "y");
+    expect_norm_close(dx, dx_r, kTolNorm, kTolMax, "dx");
     expect_param_grads_close(p, c.kind);
   }
 }
@@ -410,12 +377,12 @@ TEST(DecayMixerCuda, SegmentWithStatesMatchesCpu) {
     EXPECT_EQ(out.final_states[0].dtype(), DType::kF32);
     EXPECT_FALSE(out.transitions[0].log_decay_k.device().is_cpu());
     const double tn = kTolNorm, tm = kTolMax;
-    expect_grad_close(y, y_r, tn, tm, "y");
-    expect_grad_close(out.final_states[0], out_r.final_states[0], tn, tm, "S_out");
-    expect_grad_close(out.transitions[0].log_decay_k, out_r.transitions[0].log_decay_k, 1e-5, 1e-5,
+    expect_norm_close(y, y_r, tn, tm, "y");
+    expect_norm_close(out.final_states[0], out_r.final_states[0], tn, tm, "S_out");
+    expect_norm_close(out.transitions[0].log_decay_k, out_r.transitions[0].log_decay_k, 1e-5, 1e-5,
                       "transition log_decay_k");
-    expect_grad_close(dx, dx_r, tn, tm, "dx");
-    expect_grad_close(gout.d_states[0], gout_r.d_states[0], tn, tm, "dS_in");
+    expect_norm_close(dx, dx_r, tn, tm, "dx");
+    expect_norm_close(gout.d_states[0], gout_r.d_states[0], tn, tm, "dS_in");
     expect_param_grads_close(p, c.kind);
   }
 }

@@ -19,6 +19,7 @@
 #include "core/modules/mixers/token_mixer.h"
 #include "core/util/rng.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mixer_pair.h"
 
 namespace linea {
 namespace {
@@ -40,17 +41,7 @@ data::Batch random_batch(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
 
 // ||g - r|| / ||r|| and the largest element difference over r's largest value.
 void expect_grad_close(const Tensor& got, const Tensor& ref, const std::string& what) {
-  const Tensor g = ref64(got), r = ref64(ref);
-  ASSERT_EQ(g.shape(), r.shape()) << what;
-  double diff = 0, norm = 0;
-  for (int64_t j = 0; j < r.numel(); ++j) {
-    diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
-    norm += r.item(j) * r.item(j);
-  }
-  const double e_norm = std::sqrt(diff / std::max(norm, 1e-300)), e_max = rel_err(g, r);
-  EXPECT_LT(e_norm, kTolNorm) << what << " (norm)";
-  EXPECT_LT(e_max, kTolMax) << what << " (max element)";
-  std::printf("  %-48s norm %.2e  max %.2e\n", what.c_str(), e_norm, e_max);
+  expect_norm_close(got, ref, kTolNorm, kTolMax, what);
 }
 
 std::vector<std::string> delta_sets(const std::string& kind, int head) {
@@ -112,19 +103,11 @@ TEST(DeltaMixerCuda, SegmentWithStatesAndTransitionMatchesCpu) {
     for (std::string& s : sets)
       if (s == "model.mixer.chunk_size=40") s = "model.mixer.chunk_size=64";  // divides T = 128
     const config::Config cfg = load_config({}, sets);
-    std::unique_ptr<TokenMixer> cpu = make_token_mixer(cfg, 0, "mixer", DType::kF64);
-    std::unique_ptr<TokenMixer> gpu = make_token_mixer(cfg, 0, "mixer", DType::kF32);
-    const double std = 1.0 / std::sqrt(128.0);
-    gpu->init(7, std, std);
-    ParameterList pc, pg;
-    cpu->collect(pc);
-    gpu->collect(pg);
-    ASSERT_EQ(pc.size(), pg.size());
-    for (size_t i = 0; i < pg.size(); ++i) {
-      pg[i]->value = pg[i]->value.to(Device::cuda(0));
-      pg[i]->grad = pg[i]->grad.to(Device::cuda(0));
-      pc[i]->value.copy_from(pg[i]->value);
-    }
+    MixerPair p = make_mixer_pair(cfg);
+    ASSERT_EQ(p.pc.size(), p.pg.size());
+    TokenMixer* cpu = p.cpu.get();
+    TokenMixer* gpu = p.gpu.get();
+    const ParameterList &pc = p.pc, &pg = p.pg;
     const Shape ss{B, 2, 64, 64};
     const Tensor x = random_cuda({B, T, D}, 91, DType::kF32),
                  dy = random_cuda({B, T, D}, 92, DType::kF32);

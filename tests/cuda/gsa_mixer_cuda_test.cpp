@@ -19,6 +19,7 @@
 #include "core/modules/mixers/segment.h"
 #include "core/modules/mixers/token_mixer.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mixer_pair.h"
 
 namespace linea {
 namespace {
@@ -53,44 +54,9 @@ config::Config gsa_config(const GsaCase& c, int64_t seq_len) {
   return cfg;
 }
 
-struct MixerPair {
-  std::unique_ptr<TokenMixer> cpu, gpu;
-  ParameterList pc, pg;
-};
-
 // The GPU mixer holds f32 weights on cuda:0; the CPU mixer the very same values in f64.
 MixerPair make_pair(const GsaCase& c, int64_t seq_len) {
-  const config::Config cfg = gsa_config(c, seq_len);
-  MixerPair p;
-  p.cpu = make_token_mixer(cfg, 0, "mixer", DType::kF64);
-  p.gpu = make_token_mixer(cfg, 0, "mixer", DType::kF32);
-  const double std = 1.0 / std::sqrt(128.0);
-  p.gpu->init(7, std, std);
-  p.cpu->collect(p.pc);
-  p.gpu->collect(p.pg);
-  EXPECT_EQ(p.pc.size(), p.pg.size());
-  for (size_t i = 0; i < p.pg.size(); ++i) {
-    Parameter& g = *p.pg[i];
-    g.value = g.value.to(Device::cuda(0));
-    g.grad = g.grad.to(Device::cuda(0));
-    p.pc[i]->value.copy_from(g.value);
-  }
-  return p;
-}
-
-void expect_grad_close(const Tensor& got, const Tensor& ref, double tol_norm, double tol_max,
-                       const std::string& what) {
-  const Tensor g = ref64(got), r = ref64(ref);
-  ASSERT_EQ(g.shape(), r.shape()) << what;
-  double diff = 0, norm = 0;
-  for (int64_t j = 0; j < r.numel(); ++j) {
-    diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
-    norm += r.item(j) * r.item(j);
-  }
-  const double e_norm = std::sqrt(diff / std::max(norm, 1e-300)), e_max = rel_err(g, r);
-  EXPECT_LT(e_norm, tol_norm) << what << " (norm)";
-  EXPECT_LT(e_max, tol_max) << what << " (max element)";
-  std::printf("  %-56s norm %.2e  max %.2e\n", what.c_str(), e_norm, e_max);
+  return make_mixer_pair(gsa_config(c, seq_len));
 }
 
 constexpr double kTolNorm = 2e-2, kTolMax = 6e-2;
@@ -102,7 +68,7 @@ void expect_param_grads_close(const MixerPair& p) {
     const std::string& name = p.pg[i]->name;
     const bool loose =
         name.find("q_proj") != std::string::npos || name.find("f_proj") != std::string::npos;
-    expect_grad_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : kTolNorm,
+    expect_norm_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : kTolNorm,
                       loose ? 2e-1 : kTolMax, "d " + name);
   }
 }
@@ -126,8 +92,8 @@ TEST(GsaMixerCuda, ForwardBackwardMatchCpu) {
     ASSERT_FALSE(y.device().is_cpu());
     const Tensor y_r = p.cpu->forward(ref64(x));
     const Tensor dx_r = p.cpu->backward(ref64(dy));
-    expect_grad_close(y, y_r, kTolNorm, kTolMax, "y");
-    expect_grad_close(dx, dx_r, kTolNorm, kTolMax, "dx");
+    expect_norm_close(y, y_r, kTolNorm, kTolMax, "y");
+    expect_norm_close(dx, dx_r, kTolNorm, kTolMax, "dx");
     expect_param_grads_close(p);
   }
 }
@@ -165,21 +131,21 @@ TEST(GsaMixerCuda, SegmentWithStatesMatchesCpu) {
     ASSERT_EQ(out.final_states.size(), 2u);
     ASSERT_EQ(out.transitions.size(), 2u);
     ASSERT_EQ(gout.d_states.size(), 2u);
-    expect_grad_close(y, y_r, kTolNorm, kTolMax, "y");
+    expect_norm_close(y, y_r, kTolNorm, kTolMax, "y");
     for (int s = 0; s < 2; ++s) {
       const std::string which = s == 0 ? " (keys)" : " (values)";
       EXPECT_EQ(out.final_states[s].dtype(), DType::kF32);
       EXPECT_FALSE(out.final_states[s].device().is_cpu());
-      expect_grad_close(out.final_states[s], out_r.final_states[s], kTolNorm, kTolMax,
+      expect_norm_close(out.final_states[s], out_r.final_states[s], kTolNorm, kTolMax,
                         "S_out" + which);
       const Transition &t = out.transitions[s], &t_r = out_r.transitions[s];
       const Tensor& a = t.log_decay_k.defined() ? t.log_decay_k : t.log_decay_v;
       const Tensor& a_r = t_r.log_decay_k.defined() ? t_r.log_decay_k : t_r.log_decay_v;
       ASSERT_TRUE(a.defined() && a_r.defined()) << which;
-      expect_grad_close(a, a_r, 1e-5, 1e-5, "transition log decay" + which);
-      expect_grad_close(gout.d_states[s], gout_r.d_states[s], kTolNorm, kTolMax, "dS_in" + which);
+      expect_norm_close(a, a_r, 1e-5, 1e-5, "transition log decay" + which);
+      expect_norm_close(gout.d_states[s], gout_r.d_states[s], kTolNorm, kTolMax, "dS_in" + which);
     }
-    expect_grad_close(dx, dx_r, kTolNorm, kTolMax, "dx");
+    expect_norm_close(dx, dx_r, kTolNorm, kTolMax, "dx");
     expect_param_grads_close(p);
   }
 }

@@ -18,6 +18,7 @@
 #include "core/config/config.h"
 #include "core/modules/mixers/token_mixer.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/cuda/mixer_pair.h"
 
 namespace linea {
 namespace {
@@ -43,46 +44,9 @@ config::Config mom_config(MC::Kind memory) {
   return cfg;
 }
 
-struct Pair {
-  std::unique_ptr<TokenMixer> cpu, gpu;
-  ParameterList pc, pg;
-};
+MixerPair make_pair(MC::Kind memory) { return make_mixer_pair(mom_config(memory)); }
 
-Pair make_pair(MC::Kind memory) {
-  const config::Config cfg = mom_config(memory);
-  Pair p;
-  p.cpu = make_token_mixer(cfg, 0, "mixer", DType::kF64);
-  p.gpu = make_token_mixer(cfg, 0, "mixer", DType::kF32);
-  const double std = 1.0 / std::sqrt(128.0);
-  p.gpu->init(7, std, std);
-  p.cpu->collect(p.pc);
-  p.gpu->collect(p.pg);
-  EXPECT_EQ(p.pc.size(), p.pg.size());
-  for (size_t i = 0; i < p.pg.size(); ++i) {
-    Parameter& g = *p.pg[i];
-    g.value = g.value.to(Device::cuda(0));
-    g.grad = g.grad.to(Device::cuda(0));
-    p.pc[i]->value.copy_from(g.value);
-  }
-  return p;
-}
-
-void expect_close(const Tensor& got, const Tensor& ref, double tol_norm, double tol_max,
-                  const std::string& what) {
-  const Tensor g = ref64(got), r = ref64(ref);
-  ASSERT_EQ(g.shape(), r.shape()) << what;
-  double diff = 0, norm = 0;
-  for (int64_t j = 0; j < r.numel(); ++j) {
-    diff += (g.item(j) - r.item(j)) * (g.item(j) - r.item(j));
-    norm += r.item(j) * r.item(j);
-  }
-  const double e_norm = std::sqrt(diff / std::max(norm, 1e-300)), e_max = rel_err(g, r);
-  EXPECT_LT(e_norm, tol_norm) << what << " (norm)";
-  EXPECT_LT(e_max, tol_max) << what << " (max element)";
-  std::printf("  %-56s norm %.2e  max %.2e\n", what.c_str(), e_norm, e_max);
-}
-
-void expect_param_grads_close(const Pair& p) {
+void expect_param_grads_close(const MixerPair& p) {
   for (size_t i = 0; i < p.pg.size(); ++i) {
     ASSERT_EQ(p.pc[i]->name, p.pg[i]->name);
     EXPECT_FALSE(p.pg[i]->grad.device().is_cpu()) << p.pg[i]->name;
@@ -92,8 +56,8 @@ void expect_param_grads_close(const Pair& p) {
         n.find("gk") != std::string::npos || n.find("a_proj") != std::string::npos ||
         n.find("b_proj") != std::string::npos || n.find("A_log") != std::string::npos ||
         n.find("dt_bias") != std::string::npos;
-    expect_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : 2e-2, loose ? 2e-1 : 6e-2,
-                 "d " + n);
+    expect_norm_close(p.pg[i]->grad, p.pc[i]->grad, loose ? 1.5e-1 : 2e-2, loose ? 2e-1 : 6e-2,
+                      "d " + n);
   }
 }
 
@@ -105,7 +69,7 @@ TEST(MomCuda, ForwardBackwardMatchCpu) {
   for (MC::Kind memory : kMemories) {
     SCOPED_TRACE(MC::Kind_Name(memory));
     std::printf("MOM of %s memories\n", MC::Kind_Name(memory).c_str());
-    Pair p = make_pair(memory);
+    MixerPair p = make_pair(memory);
     const Tensor x = random_cuda({B, T, D}, 81, DType::kF32),
                  dy = random_cuda({B, T, D}, 82, DType::kF32);
     Tensor y, dx;
@@ -117,8 +81,8 @@ TEST(MomCuda, ForwardBackwardMatchCpu) {
     ASSERT_FALSE(y.device().is_cpu());
     const Tensor y_r = p.cpu->forward(ref64(x));
     const Tensor dx_r = p.cpu->backward(ref64(dy));
-    expect_close(y, y_r, 2e-2, 6e-2, "y");
-    expect_close(dx, dx_r, 2e-2, 6e-2, "dx");
+    expect_norm_close(y, y_r, 2e-2, 6e-2, "y");
+    expect_norm_close(dx, dx_r, 2e-2, 6e-2, "dx");
     expect_param_grads_close(p);
   }
 }
@@ -129,7 +93,7 @@ TEST(MomCuda, SegmentWithStatesMatchesCpu) {
   for (MC::Kind memory : {MC::GLA, MC::GATED_DELTANET}) {
     SCOPED_TRACE(MC::Kind_Name(memory));
     std::printf("segment: MOM of %s memories\n", MC::Kind_Name(memory).c_str());
-    Pair p = make_pair(memory);
+    MixerPair p = make_pair(memory);
     const int n = p.gpu->num_states();
     ASSERT_EQ(n, 5);  // four memories and the shared one
     std::vector<Tensor> s_in, ds_out, s_in_r, ds_out_r;
@@ -151,14 +115,15 @@ TEST(MomCuda, SegmentWithStatesMatchesCpu) {
     }
     const Tensor y_r = p.cpu->forward_segment(ref64(x), SegmentIn{s_in_r, Tensor()}, &out_r);
     const Tensor dx_r = p.cpu->backward_segment(ref64(dy), SegmentGradIn{ds_out_r}, &gout_r);
-    expect_close(y, y_r, 2e-2, 6e-2, "y");
-    expect_close(dx, dx_r, 2e-2, 6e-2, "dx");
+    expect_norm_close(y, y_r, 2e-2, 6e-2, "y");
+    expect_norm_close(dx, dx_r, 2e-2, 6e-2, "dx");
     ASSERT_EQ(out.final_states.size(), size_t(n));
     ASSERT_EQ(gout.d_states.size(), size_t(n));
     for (int i = 0; i < n; ++i) {
-      expect_close(out.final_states[i], out_r.final_states[i], 2e-2, 6e-2,
-                   "S_out " + std::to_string(i));
-      expect_close(gout.d_states[i], gout_r.d_states[i], 2e-2, 6e-2, "dS_in " + std::to_string(i));
+      expect_norm_close(out.final_states[i], out_r.final_states[i], 2e-2, 6e-2,
+                        "S_out " + std::to_string(i));
+      expect_norm_close(gout.d_states[i], gout_r.d_states[i], 2e-2, 6e-2,
+                        "dS_in " + std::to_string(i));
     }
     expect_param_grads_close(p);
   }
