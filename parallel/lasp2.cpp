@@ -149,8 +149,7 @@ class Lasp2Exchange final : public StateExchange {
     sp_.all_gather(c.view({-1}), all);
     Tensor ds;
     for (int q = W - 1; q > r; --q) {
-      Tensor cq = Tensor::empty(c.shape(), c.dtype(), c.device());
-      cq.view({-1}).copy_from(all.slice(q * n, (q + 1) * n));
+      const Tensor cq = unpack(all.slice(q * n, (q + 1) * n), {c})[0];
       if (ds.defined()) {
         ds = transition_apply_transpose(s.transitions[q], ds);
         kernels::add_inplace(ds, cq);

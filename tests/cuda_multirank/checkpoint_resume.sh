@@ -20,14 +20,9 @@ data=$(corpus)
 common=(--config "$SRC/configs/gpu_hybrid_moe.pbtxt" --set train.steps=10 --set logging.every_steps=1
   --set data.path="$data" --set schedule.warmup_steps=2 --set checkpoint.every_steps=5
   --set logging.level=info)
-losses_after_5() {  # "step loss" per training line, for steps after 5
-  grep '"loss":' "$1" | while read -r line; do
-    echo "$(sed -E 's/.*"step":([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*"loss":([^,}]+).*/\1/' <<<"$line")"
-  done | awk '$1 > 5'
-}
 compare() {  # compare WHOLE SPLIT NAME
   local a b
-  a=$(losses_after_5 "$1"); b=$(losses_after_5 "$2")
+  a=$(losses_after "$1" 5); b=$(losses_after "$2" 5)
   [ "$(wc -l <<<"$a")" -eq 5 ] || fail "$3: expected 5 losses after step 5 in $1, got: $a"
   if [ "$a" = "$b" ]; then
     echo "$3: steps 6-10 bitwise identical"

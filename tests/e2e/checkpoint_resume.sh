@@ -16,12 +16,6 @@ MPI="$SRC/launch/mpirun.sh"
 common=(--set data.path="$data" --set data.seq_len=64 --set train.steps=20
   --set schedule.warmup_steps=5 --set logging.every_steps=1 --set checkpoint.every_steps=10
   --set logging.level=warn)
-# "step loss" per training line of a metrics.jsonl, for steps after $2.
-losses_after() {
-  grep '"loss":' "$1" | while read -r line; do
-    echo "$(sed -E 's/.*"step":([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*"loss":([^,}]+).*/\1/' <<<"$line")"
-  done | awk -v s="$2" '$1 > s'
-}
 same_losses() {  # bitwise: identical text
   local a b
   a=$(losses_after "$1" 10); b=$(losses_after "$2" 10)

@@ -25,3 +25,9 @@ corpus() {
 # First and last logged loss of a metrics.jsonl.
 first_loss() { head -1 "$1" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/'; }
 last_loss() { tail -1 "$1" | sed -E 's/.*"loss":([0-9.eE+-]+).*/\1/'; }
+# "step loss" per training line of a metrics.jsonl, for steps after $2.
+losses_after() {
+  grep '"loss":' "$1" | while read -r line; do
+    echo "$(sed -E 's/.*"step":([0-9]+).*/\1/' <<<"$line") $(sed -E 's/.*"loss":([^,}]+).*/\1/' <<<"$line")"
+  done | awk -v s="$2" '$1 > s'
+}
